@@ -1,0 +1,273 @@
+"""The build configuration: one versioned YAML file (``pipeline/m3w.yaml``) mapped onto dataclasses.
+
+Every threshold has a default here, with its source; the YAML file holds the same values with the
+same comments and is what users copy and edit. ``None`` turns a check off. ``load_config`` rejects
+unknown keys and wrong types with a one-line error naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+CONFIG_VERSION = 1
+DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "m3w.yaml")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config file; the message is one line that says what to fix."""
+
+
+@dataclass
+class LimitsConfig:
+    """Hostile-input limits; hitting one rejects the record with a counted reason."""
+
+    max_record_bytes: int | None = 50_000_000  # larger WARC records are skipped unread (CC caps at ~1 MB)
+    max_html_bytes: int | None = 5_000_000  # decoded HTML larger than this is not parsed
+    max_dom_depth: int | None = 256  # deeper trees are cut here (browsers cap around 512)
+    max_image_bytes: int | None = 20_000_000  # image payloads larger than this are rejected
+    max_image_pixels: int | None = 89_478_485  # Pillow's own decompression-bomb limit
+    parse_timeout_s: float | None = 10.0  # per-page extraction time limit
+
+
+@dataclass
+class ExtractConfig:
+    """DOM walk into interleaved text and image nodes (pipeline/extract.py)."""
+
+    remove_boilerplate: bool = True  # nav/header/footer/menus/forms/comments/related lists
+    min_text_chars: int = 1  # drop text nodes shorter than this after whitespace collapsing
+    keep_alt_text: bool = True
+    min_declared_image_side: int | None = 10  # declared width/height below this = tracking pixel/spacer
+    drop_image_url_patterns: list[str] = field(
+        # OBELICS drops URLs containing logo, button, icon, plugin, widget; we add common pixels/spacers.
+        default_factory=lambda: ["logo", "button", "icon", "plugin", "widget", "pixel", "spacer", "sprite", "avatar", "banner"]
+    )
+
+
+@dataclass
+class LanguageConfig:
+    """Offline language identification."""
+
+    keep: list[str] | None = field(default_factory=lambda: ["en"])  # None keeps every language
+    min_score: float | None = 0.5  # OBELICS uses fastText en >= 0.8; our detector's scores differ
+
+
+@dataclass
+class TextFilterConfig:
+    """Paragraph- and document-level text filters (OBELICS node/doc defaults; Gopher rules)."""
+
+    # Paragraph (text node) level — OBELICS
+    node_min_words: int | None = 4
+    node_max_words: int | None = 1000
+    node_max_char_10gram_repetition: float | None = 0.1
+    node_max_word_5gram_repetition: float | None = 0.1
+    node_max_special_char_ratio: float | None = 0.3
+    node_min_stopword_ratio: float | None = 0.3
+    node_max_flagged_word_ratio: float | None = 0.01
+    # Document level — OBELICS
+    doc_min_words: int | None = 10
+    doc_max_words: int | None = 2000
+    doc_max_char_repetition: float | None = 0.1
+    doc_max_word_repetition: float | None = 0.2
+    doc_max_special_char_ratio: float | None = 0.275
+    doc_min_stopword_ratio: float | None = 0.35
+    doc_max_flagged_word_ratio: float | None = 0.01
+    doc_min_images: int | None = 1
+    doc_max_images: int | None = 30
+    # Gopher quality (datatrove)
+    gopher_min_mean_word_length: float | None = 3.0
+    gopher_max_mean_word_length: float | None = 10.0
+    gopher_max_symbol_word_ratio: float | None = 0.1
+    gopher_max_bullet_lines_ratio: float | None = 0.9
+    gopher_max_ellipsis_lines_ratio: float | None = 0.3
+    gopher_min_alpha_words_ratio: float | None = 0.8
+    gopher_min_stop_words: int | None = 2
+    # Gopher repetition (datatrove)
+    gopher_max_dup_line_frac: float | None = 0.3
+    gopher_max_dup_para_frac: float | None = 0.3
+    gopher_max_dup_line_char_frac: float | None = 0.2
+    gopher_max_dup_para_char_frac: float | None = 0.2
+    gopher_top_ngram_char_frac: dict[int, float] | None = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    gopher_dup_ngram_char_frac: dict[int, float] | None = field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+    flagged_words_file: str | None = None  # one word per line; None = the bundled list
+    url_domain_blocklist_file: str | None = None  # one domain per line
+    url_substring_blocklist_file: str | None = None  # one substring per line
+
+
+@dataclass
+class ImageConfig:
+    """Decode, filter, resize and hash (pipeline/images.py). M3W: drop small, extreme aspect, single colour."""
+
+    min_side: int | None = 64  # Flamingo paper: images smaller than 64 px removed
+    max_side: int | None = 20_000  # OBELICS upper bound
+    max_aspect_ratio: float | None = 3.0  # long/short side; OBELICS keeps 0.5–2, the paper only says "extreme"
+    min_pixel_std: float | None = 2.0  # single colour: near-zero pixel standard deviation (0–255 scale)
+    allowed_formats: list[str] | None = field(default_factory=lambda: ["jpeg", "png", "webp", "gif", "bmp", "tiff"])
+    min_bytes: int | None = 1_000  # below this: pixels, spacers, icons
+    max_bytes: int | None = 20_000_000
+    url_keywords: list[str] | None = field(
+        default_factory=lambda: ["logo", "icon", "button", "banner", "sprite", "avatar", "widget", "plugin"]
+    )
+    max_images_per_doc: int | None = 30  # OBELICS
+    resize_longest_side: int | None = 640  # room for 480 px fine-tuning above Flamingo's 320 px training
+    encode_format: str = "jpeg"  # "jpeg" | "webp" | "keep"
+    encode_quality: int = 90
+    keep_originals: bool = False
+    max_docs_per_image: int | None = 10  # OBELICS: images in > 10 documents (logos, buttons) removed
+    fetch: bool = False  # --fetch-images
+
+
+@dataclass
+class FetchConfig:
+    """The image fetcher for URLs the crawl lacks (pipeline/fetch.py)."""
+
+    user_agent: str = "m3w-image-fetcher/0.1 (+https://github.com/m3w)"
+    timeout_s: float = 10.0
+    max_bytes: int = 20_000_000
+    retries: int = 2
+    backoff_s: float = 0.5
+    per_host_concurrency: int = 2
+    per_host_rate: float = 4.0  # requests per second per host
+    concurrency: int = 32
+    respect_robots: bool = True
+    allow_private_addresses: bool = False  # only for tests against a loopback server
+
+
+@dataclass
+class DedupConfig:
+    """Deduplication (dedup/)."""
+
+    url: bool = True  # exact URL dedup, newest capture kept (OBELICS)
+    minhash: bool = True
+    minhash_ngram: int = 5  # word 5-gram shingles (datatrove)
+    minhash_bands: int = 9  # 9 bands x 13 rows: threshold (1/b)^(1/r) ≈ 0.84, near Jaccard 0.8
+    minhash_rows: int = 13
+    paragraph_max_per_domain: int | None = 2  # OBELICS: a paragraph seen > 2 times in a domain is removed
+    image_set: bool = True  # documents with an identical image set deduplicated (OBELICS)
+
+
+@dataclass
+class DecontaminationConfig:
+    """Evaluation-set decontamination by FAISS nearest neighbours (dedup/eval_index.py)."""
+
+    index: str | None = None  # --eval-index PATH
+    max_hamming_distance: int = 10  # 64-bit pHash; calibrated in docs/BENCHMARKS.md
+    drop: str = "image"  # "image" | "document"
+
+
+@dataclass
+class OutputConfig:
+    formats: list[str] = field(default_factory=lambda: ["wds", "parquet"])
+    shard_size: int = 1000  # documents per shard (target; shards are hash-assigned)
+    rejects: bool = True
+    rejects_sample_rate: float = 1.0  # keep this fraction of rejects (counters always count all)
+
+
+@dataclass
+class Config:
+    version: int = CONFIG_VERSION
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    text_filters: TextFilterConfig = field(default_factory=TextFilterConfig)
+    images: ImageConfig = field(default_factory=ImageConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(hint)
+        return {_check_type(k, kt, where): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+            raise ConfigError(f"config key {where}: expected {hint.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"config key {where}: unsupported type {hint}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {where or 'top level'}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key)
+        else:
+            kwargs[name] = _check_type(value, hint, key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data or {}, "")
+    if cfg.version != CONFIG_VERSION:
+        raise ConfigError(f"config version {cfg.version} is not supported; this m3w reads version {CONFIG_VERSION}")
+    return cfg
+
+
+def load_config(path: str | None = None) -> Config:
+    """Read a config file (default: the bundled m3w.yaml); keys left out keep their defaults."""
+    path = path or DEFAULT_CONFIG_PATH
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing file to --config") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}; fix the syntax there") from None
+    return config_from_dict(data or {})
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, saved beside the outputs."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

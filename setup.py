@@ -1,0 +1,58 @@
+"""m3w: build Flamingo's M3W-style interleaved image-text corpus from WARC files, and train on it.
+
+This file is also what Beam's ``--setup_file`` ships to remote workers (Dataflow, Flink, Spark):
+the workers install the same packages with the same pins (``requirements.lock``).
+"""
+from setuptools import find_packages, setup
+
+PIPELINE = [
+    "apache-beam",
+    "fastwarc",
+    "resiliparse",
+    "warcio",
+    "selectolax",
+    "beautifulsoup4",
+    "lxml",
+    "trafilatura",
+    "lxml_html_clean",
+    "brotli",
+    "pillow",
+    "imagehash",
+    "faiss-cpu",
+    "pyarrow",
+    "webdataset",
+    "numpy",
+    "pyyaml",
+    "protego",
+    "py3langid",
+    "tqdm",
+    "psutil",
+]
+MODEL = [
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "safetensors",
+    "tokenizers",
+    "tensorboardX",
+]
+TEST = ["pytest", "pytest-timeout", "hypothesis", "datasketch", "torch", "transformers"]
+
+setup(
+    name="m3w",
+    version="0.1.0",
+    description="WARC files to Flamingo's M3W interleaved corpus on Apache Beam, and a JAX Flamingo trainer",
+    python_requires=">=3.11",
+    packages=find_packages(include=["schemas*", "pipeline*", "dedup*", "model*"]),
+    package_data={"pipeline": ["*.yaml", "data/*"]},
+    install_requires=PIPELINE + MODEL,
+    extras_require={"test": TEST},
+    entry_points={
+        "console_scripts": [
+            "build-m3w=pipeline.cli:main",
+            "train-flamingo=model.train:main",
+        ]
+    },
+)
