@@ -47,6 +47,8 @@ class ExtractConfig:
         # OBELICS drops URLs containing logo, button, icon, plugin, widget; we add common pixels/spacers.
         default_factory=lambda: ["logo", "button", "icon", "plugin", "widget", "pixel", "spacer", "sprite", "avatar", "banner"]
     )
+    main_content: bool = True  # keep only the densest content block(s) (readability's text-density score)
+    main_content_min_chars: int = 200  # below this the chosen block is a teaser, not the article: keep the page
 
 
 @dataclass
