@@ -1,0 +1,171 @@
+"""The build-m3w Beam graph: WARC files → interleaved documents with their images → shards.
+
+    paths ─ ReadWarcFiles ─┬─ pages ─ DeduplicateUrls ─ ExtractDocuments ─ FilterText ─┐
+                           └─ images ──────────────────── SelectReferencedImages ◄──────┤
+                                 (FetchImages for missing) ─ ProcessImages ─ AttachImages
+      ─ DropRepeatedImages ─ Decontaminate ─ DeduplicateDocuments ─ FinalizeDocuments ─ WriteShards
+    every stage's ``rejects`` ─ Flatten ─ WriteRejects
+
+Run it with ``build-m3w build`` (pipeline/cli.py) or ``run(argv)``; runner options pass through.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.config import Config
+from pipeline.records import Reject
+from schemas.document import Document, ImageNode
+
+REJECTS_DIR = "rejects"
+
+
+class M3WOptions(PipelineOptions):
+    """build-m3w's own flags; everything else on the command line is a Beam runner option."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--input", nargs="+", action="extend", default=[], help="WARC/ARC files, directories, globs or URIs")
+        parser.add_argument("--output", help="output directory (local path or any Beam FileSystem URI)")
+        parser.add_argument("--format", default=None, help="comma-separated output formats: wds,parquet")
+        parser.add_argument("--shard-size", dest="shard_size", type=int, default=None, help="documents per shard")
+        parser.add_argument("--config", dest="m3w_config", default=None, help="YAML config (default: the bundled m3w.yaml)")
+        parser.add_argument("--eval-index", dest="eval_index", default=None, help="FAISS evaluation-set index to decontaminate against")
+        parser.add_argument("--fetch-images", dest="fetch_images", action="store_true", help="fetch images the crawl lacks")
+
+
+class FinalizeDocuments(beam.PTransform):
+    """PCollection[Document] → tagged ``documents`` / ``rejects``: caps images per document and
+    applies the document image-count rule now that images are resolved."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, docs: beam.PCollection) -> Any:
+        return docs | "CheckImageCount" >> beam.ParDo(_FinalizeFn(self.cfg)).with_outputs("rejects", main="documents")
+
+
+class _FinalizeFn(beam.DoFn):
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.kept = Metrics.counter("m3w", "finalize.kept")
+        self.capped = Metrics.counter("m3w", "finalize.images_over_cap")
+        self._dropped: dict[str, Any] = {}
+
+    def process(self, doc: Document) -> Iterator[Any]:
+        from pipeline.filters import image_count_reason
+
+        cap = self.cfg.images.max_images_per_doc
+        if cap is not None:
+            seen = 0
+            nodes = []
+            for node in doc.nodes:
+                if isinstance(node, ImageNode):
+                    seen += 1
+                    if seen > cap:
+                        self.capped.inc()
+                        continue
+                nodes.append(node)
+            doc.nodes = nodes
+        reason = image_count_reason(doc, self.cfg)
+        if reason:
+            name = f"finalize.dropped_{reason}"
+            if name not in self._dropped:
+                self._dropped[name] = Metrics.counter("m3w", name)
+            self._dropped[name].inc()
+            yield beam.pvalue.TaggedOutput(
+                "rejects", Reject.of("finalize", reason, doc.provenance, doc.url, f"images={len(doc.images)}")
+            )
+            return
+        self.kept.inc()
+        yield doc
+
+
+def _sampled(rate: float) -> Any:
+    def keep(r: Reject) -> bool:
+        if rate >= 1.0:
+            return True
+        from pipeline.shards import stable_hash
+
+        key = f"{r.stage}\0{r.reason}\0{r.url}\0{r.warc_filename}\0{r.warc_record_offset}\0{r.detail}"
+        return (stable_hash(key) % 1_000_000) < rate * 1_000_000
+
+    return keep
+
+
+def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config) -> None:
+    """Add the whole build graph to ``p``: ``inputs`` are matched file paths, ``output`` a directory."""
+    from dedup.decontaminate import Decontaminate
+    from dedup.documents import DeduplicateDocuments
+    from dedup.urls import DeduplicateUrls
+    from pipeline.extract import ExtractDocuments
+    from pipeline.filters import FilterText
+    from pipeline.images import DropRepeatedImages, ProcessImages
+    from pipeline.join import AttachImages, SelectReferencedImages, reject_missing
+    from pipeline.shards import WriteShards, WriteSortedJsonLines
+    from pipeline.warc import ReadWarcFiles
+
+    rejects = []
+    read = p | "WarcPaths" >> beam.Create(sorted(inputs)) | "ReadWarcFiles" >> ReadWarcFiles(cfg.limits)
+    rejects.append(read.rejects)
+
+    pages = read.pages
+    if cfg.dedup.url:
+        dedup_urls = pages | "DeduplicateUrls" >> DeduplicateUrls(cfg.dedup)
+        pages = dedup_urls.pages
+        rejects.append(dedup_urls.rejects)
+    extracted = pages | "ExtractDocuments" >> ExtractDocuments(cfg.extract, cfg.limits)
+    rejects.append(extracted.rejects)
+    filtered = extracted.documents | "FilterText" >> FilterText(cfg)
+    rejects.append(filtered.rejects)
+    docs = filtered.documents
+
+    selected = (docs, read.images) | "SelectReferencedImages" >> SelectReferencedImages()
+    records = selected.records
+    missing = selected.missing
+    if cfg.images.fetch:
+        from pipeline.fetch import FetchImages
+
+        fetched = missing | "FetchImages" >> FetchImages(cfg.fetch, os.path.join(output, "fetched"))
+        rejects.append(fetched.rejects)
+        records = (records, fetched.images) | "AllImageRecords" >> beam.Flatten()
+    else:
+        rejects.append(missing | "MissingImageRejects" >> beam.Map(reject_missing))
+    processed = records | "ProcessImages" >> ProcessImages(cfg.images, cfg.limits)
+    rejects.append(processed.rejects)
+    docs = (docs, processed.images) | "AttachImages" >> AttachImages()
+
+    repeated = docs | "DropRepeatedImages" >> DropRepeatedImages(cfg.images)
+    rejects.append(repeated.rejects)
+    docs = repeated.documents
+    if cfg.decontamination.index:
+        decon = docs | "Decontaminate" >> Decontaminate(cfg.decontamination.index, cfg.decontamination)
+        rejects.append(decon.rejects)
+        docs = decon.documents
+        _ = (
+            decon.matches
+            | "WriteDecontaminationReport" >> WriteSortedJsonLines(output, "decontamination/matches")
+        )
+    if cfg.dedup.minhash or cfg.dedup.image_set or cfg.dedup.paragraph_max_per_domain is not None:
+        deduped = docs | "DeduplicateDocuments" >> DeduplicateDocuments(cfg.dedup)
+        rejects.append(deduped.rejects)
+        docs = deduped.documents
+    final = docs | "FinalizeDocuments" >> FinalizeDocuments(cfg)
+    rejects.append(final.rejects)
+
+    _ = final.documents | "WriteShards" >> WriteShards(output, cfg.output.formats, cfg.output.shard_size)
+    if cfg.output.rejects:
+        _ = (
+            rejects
+            | "FlattenRejects" >> beam.Flatten()
+            | "SampleRejects" >> beam.Filter(_sampled(cfg.output.rejects_sample_rate))
+            | "RejectsToDicts" >> beam.Map(dataclasses.asdict)
+            | "WriteRejects" >> WriteSortedJsonLines(output, f"{REJECTS_DIR}/rejects")
+        )

@@ -1,0 +1,236 @@
+"""``build-m3w``: build, extract, explain, eval-index, verify.
+
+User mistakes (missing input, empty glob, unwritable output, bad config) end with one line on
+stderr that says what to do, and exit code 2; bugs keep their traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+USAGE = """build-m3w COMMAND ...
+
+commands:
+  build       WARC files -> filtered, deduplicated, sharded corpus (webdataset + Parquet)
+  extract     print the extracted, unfiltered documents of WARC or HTML files as JSON lines
+  explain     show every filter's measured value, threshold and verdict for one document
+  eval-index  build a FAISS index of evaluation-set images for decontamination
+  verify      check a corpus directory against its manifest
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+def _fail(msg: str) -> int:
+    print(f"build-m3w: error: {msg}", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def _check_output_writable(output: str) -> None:
+    if "://" in output:
+        return  # remote filesystems are checked by the runner at write time
+    try:
+        os.makedirs(output, exist_ok=True)
+        probe = os.path.join(output, f".m3w-write-test-{uuid.uuid4().hex}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {output!r} ({e.strerror}); pass a writable --output") from None
+
+
+def _default_runner_args(argv: list[str]) -> list[str]:
+    """Beam's local runner on all cores unless the user chose a runner or a running mode."""
+    if any(a.startswith("--runner") for a in argv) or any(a.startswith("--direct_running_mode") for a in argv):
+        return []
+    workers = os.cpu_count() or 1
+    if workers == 1:
+        return ["--runner=DirectRunner"]
+    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+
+
+def run_build(argv: list[str]) -> dict[str, Any]:
+    """Run the build pipeline; returns the report. Raises UserError for user mistakes."""
+    import apache_beam as beam
+
+    from pipeline.build import M3WOptions, build_pipeline
+    from pipeline.config import ConfigError, dump_config, load_config
+    from pipeline.report import build_report, counters_from_result, format_report, write_report
+    from pipeline.shards import atomic_write
+    from pipeline.warc import InputError, match_inputs
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            "usage: build-m3w build --input GLOB... --output DIR [--format wds,parquet] [--shard-size N]\n"
+            "                       [--config FILE] [--eval-index INDEX] [--fetch-images] [beam options]\n"
+            "Beam options pass through, e.g. --runner DataflowRunner --project P --region R --temp_location gs://...,\n"
+            "or --runner FlinkRunner --flink_master HOST:PORT. Default: Beam's local runner on all cores."
+        )
+        return {}
+    argv = argv + _default_runner_args(argv)
+    options = PipelineOptionsFor(argv)
+    app = options.view_as(M3WOptions)
+    if not app.input:
+        raise UserError("no input given; pass --input with WARC files, directories or globs")
+    if not app.output:
+        raise UserError("no output directory given; pass --output DIR")
+    try:
+        cfg = load_config(app.m3w_config)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    if app.format:
+        formats = [f.strip() for f in app.format.split(",") if f.strip()]
+        bad = [f for f in formats if f not in ("wds", "parquet")]
+        if bad:
+            raise UserError(f"unknown output format {bad[0]!r}; use --format wds, parquet or wds,parquet")
+        cfg.output.formats = formats
+    if app.shard_size is not None:
+        if app.shard_size < 1:
+            raise UserError("--shard-size must be a positive number of documents")
+        cfg.output.shard_size = app.shard_size
+    if app.eval_index:
+        if "://" not in app.eval_index and not os.path.exists(app.eval_index):
+            raise UserError(f"evaluation index {app.eval_index!r} not found; build one with `build-m3w eval-index`")
+        cfg.decontamination.index = app.eval_index
+    if app.fetch_images:
+        cfg.images.fetch = True
+    try:
+        inputs = match_inputs(app.input)
+    except InputError as e:
+        raise UserError(str(e)) from None
+    _check_output_writable(app.output)
+
+    config_blob = dump_config(cfg).encode()
+    atomic_write(os.path.join(app.output, "config.yaml"), lambda f: f.write(config_blob))
+    print(f"build-m3w: {len(inputs)} input file(s) -> {app.output}", file=sys.stderr)
+    started = time.time()
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, inputs, app.output, cfg)
+    result = p.run()
+    result.wait_until_finish()
+    counters = counters_from_result(result)
+    report = build_report(
+        counters,
+        inputs=inputs,
+        output=app.output,
+        formats=cfg.output.formats,
+        seconds=round(time.time() - started, 1),
+    )
+    write_report(os.path.join(app.output, "report.json"), {k: v for k, v in report.items() if k != "seconds"})
+    print(format_report(report))
+    print(f"shards:   {os.path.join(app.output, '{' + ','.join(_dirs(cfg.output.formats)) + '}')}")
+    print(f"manifest: {os.path.join(app.output, 'manifest.json')}")
+    print(f"report:   {os.path.join(app.output, 'report.json')}")
+    print(f"rejects:  {os.path.join(app.output, 'rejects')}")
+    return report
+
+
+def _dirs(formats: list[str]) -> list[str]:
+    return [{"wds": "wds", "parquet": "parquet"}[f] for f in formats]
+
+
+def PipelineOptionsFor(argv: list[str]) -> Any:
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+    options = PipelineOptions(argv)
+    # DoFns reference module-level code of m3w; workers import it from the installed package.
+    options.view_as(SetupOptions).save_main_session = False
+    return options
+
+
+# ---------------------------------------------------------------------------------------------
+# extract
+
+
+def run_extract(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="build-m3w extract",
+        description="Print the extracted, unfiltered documents of WARC or HTML files as JSON lines.",
+    )
+    parser.add_argument("inputs", nargs="+", help="WARC/ARC files or .html files")
+    parser.add_argument("--base-url", default=None, help="URL of an HTML file (default: its file:// URL)")
+    parser.add_argument("--config", default=None)
+    args = parser.parse_args(argv)
+
+    from pipeline.config import ConfigError, load_config
+    from pipeline.extract import ExtractionError, extract_document
+    from pipeline.records import Page
+    from pipeline.warc import iter_warc
+    from schemas.document import Provenance, to_json
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    out = sys.stdout
+    for path in args.inputs:
+        if not os.path.exists(path):
+            raise UserError(f"input {path!r} not found; pass existing WARC or HTML files")
+        if path.endswith((".html", ".htm", ".html.gz")):
+            import gzip
+
+            raw = gzip.open(path).read() if path.endswith(".gz") else open(path, "rb").read()
+            url = args.base_url or "file://" + os.path.abspath(path)
+            prov = Provenance(path, 0, len(raw), "", "")
+            pages = [Page(url=url, provenance=prov, html=raw.decode("utf-8", "replace"))]
+        else:
+            pages = (r for r in iter_warc(path, cfg.limits) if isinstance(r, Page))
+        for page in pages:
+            try:
+                doc = extract_document(page, cfg.extract, cfg.limits)
+            except ExtractionError as e:
+                print(f"build-m3w: skipped {page.url}: {e}", file=sys.stderr)
+                continue
+            out.write(json.dumps(to_json(doc), ensure_ascii=False) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "build":
+            run_build(rest)
+            return 0
+        if cmd == "extract":
+            return run_extract(rest)
+        if cmd == "explain":
+            from pipeline.explain import main as explain_main
+
+            return explain_main(rest)
+        if cmd == "eval-index":
+            from dedup.eval_index import main as eval_index_main
+
+            return eval_index_main(rest)
+        if cmd == "verify":
+            from pipeline.verify import main as verify_main
+
+            return verify_main(rest)
+    except UserError as e:
+        return _fail(str(e))
+    except BrokenPipeError:
+        return 0
+    return _fail(f"unknown command {cmd!r}; run `build-m3w --help` for the list")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Joining image records to the documents that reference them, by normalised URL.
+
+Two CoGroupByKeys, so the join works whatever file or worker an image came from:
+1. ``SelectReferencedImages``: (url → referencing doc ids) ⋈ (url → crawled image records) keeps
+   one record per referenced URL (only those get decoded) and lists referenced URLs the crawl lacks.
+2. ``AttachImages``: (url → doc ids) ⋈ (url → resolved image) → (doc_id → resolved images)
+   ⋈ (doc_id → document) → the document with image bytes and metadata in place. Image nodes that
+   did not resolve are removed (already counted by the stage that dropped them).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline.records import ImageRecord, Reject
+from pipeline.urls import normalize_url
+from schemas.document import Document, ImageNode
+
+
+def image_refs(doc: Document) -> Iterator[tuple[str, str]]:
+    """(normalised image URL, doc_id) once per distinct image URL of the document."""
+    seen = set()
+    for node in doc.nodes:
+        if isinstance(node, ImageNode):
+            key = normalize_url(node.url)
+            if key not in seen:
+                seen.add(key)
+                yield key, doc.doc_id
+
+
+def choose_record(records: list[ImageRecord]) -> ImageRecord:
+    """Newest capture, ties broken by file and offset: the choice never depends on arrival order."""
+    ordered = sorted(records, key=lambda r: (r.provenance.warc_filename, r.provenance.warc_record_offset))
+    return max(ordered, key=lambda r: r.provenance.capture_date)
+
+
+class _SelectFn(beam.DoFn):
+    def __init__(self) -> None:
+        self.referenced = Metrics.counter("m3w", "join.images_referenced")
+        self.in_crawl = Metrics.counter("m3w", "join.images_in_crawl")
+        self.missing = Metrics.counter("m3w", "join.images_missing")
+        self.unreferenced = Metrics.counter("m3w", "join.crawled_images_unreferenced")
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        url, groups = element
+        has_refs = any(True for _ in groups["refs"])
+        records = list(groups["records"])
+        if not has_refs:
+            self.unreferenced.inc(len(records))
+            return
+        self.referenced.inc()
+        if records:
+            self.in_crawl.inc()
+            best = choose_record(records)
+            best.url = url
+            yield best
+        else:
+            self.missing.inc()
+            yield beam.pvalue.TaggedOutput("missing", url)
+
+
+class SelectReferencedImages(beam.PTransform):
+    """(PCollection[Document], PCollection[ImageRecord]) → tagged ``records`` (one ImageRecord per
+    referenced URL found in the crawl, url normalised) and ``missing`` (referenced URLs not in it)."""
+
+    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> Any:
+        docs, records = pcolls
+        refs = docs | "ImageRefs" >> beam.FlatMap(image_refs)
+        keyed = records | "KeyRecordsByUrl" >> beam.Map(lambda r: (normalize_url(r.url), r))
+        return (
+            {"refs": refs, "records": keyed}
+            | "GroupByImageUrl" >> beam.CoGroupByKey()
+            | "SelectRecord" >> beam.ParDo(_SelectFn()).with_outputs("missing", main="records")
+        )
+
+
+class _AttachFn(beam.DoFn):
+    def __init__(self) -> None:
+        self.attached = Metrics.counter("m3w", "join.images_attached")
+        self.unresolved = Metrics.counter("m3w", "join.image_nodes_unresolved")
+        self.docs = Metrics.counter("m3w", "join.documents")
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Document]:
+        _, groups = element
+        docs = list(groups["doc"])
+        if not docs:
+            return
+        (doc,) = docs
+        resolved = {url: img for url, img in groups["images"]}
+        nodes = []
+        for node in doc.nodes:
+            if isinstance(node, ImageNode):
+                img = resolved.get(normalize_url(node.url))
+                if img is None:
+                    self.unresolved.inc()
+                    continue
+                node = img.apply_to(node)
+                self.attached.inc()
+            nodes.append(node)
+        doc.nodes = nodes
+        self.docs.inc()
+        yield doc
+
+
+class AttachImages(beam.PTransform):
+    """(PCollection[Document], PCollection[ResolvedImage]) → PCollection[Document] with images resolved."""
+
+    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        docs, images = pcolls
+        refs = docs | "ImageRefs" >> beam.FlatMap(image_refs)
+        by_url = images | "KeyImagesByUrl" >> beam.Map(lambda img: (normalize_url(img.url), img))
+        per_doc = (
+            {"refs": refs, "image": by_url}
+            | "GroupByImageUrl" >> beam.CoGroupByKey()
+            | "FanOutToDocs" >> beam.FlatMap(_fan_out)
+        )
+        return (
+            {"doc": docs | "KeyDocsById" >> beam.Map(lambda d: (d.doc_id, d)), "images": per_doc}
+            | "GroupByDocument" >> beam.CoGroupByKey()
+            | "Attach" >> beam.ParDo(_AttachFn())
+        )
+
+
+def _fan_out(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[str, tuple[str, Any]]]:
+    url, groups = element
+    images = list(groups["image"])
+    if not images:
+        return
+    img = images[0]  # one per URL by construction (SelectReferencedImages)
+    for doc_id in groups["refs"]:
+        yield doc_id, (url, img)
+
+
+def reject_missing(url: str) -> Reject:
+    return Reject(stage="join", reason="image_not_in_crawl", url=url)
