@@ -1,0 +1,122 @@
+"""``build-m3w verify DIR``: check a corpus against its manifest.
+
+Checks every shard the manifest lists (present, byte count, sha256), reads each one back
+(webdataset tar with ``tarfile``, Parquet with pyarrow), counts documents and images, validates
+every document against the schema, and flags files in the shard folders the manifest does not
+list (leftover temporary files included). Exit code 0 when all holds, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tarfile
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+
+from pipeline.shards import MANIFEST, PARQUET_DIR, WDS_DIR
+from schemas.arrow import from_row
+from schemas.document import to_json, validate
+
+
+def _sha256(path: str) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _check_wds(path: str) -> tuple[int, int, list[str]]:
+    docs = images = 0
+    errors: list[str] = []
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            if member.name.endswith(".json"):
+                docs += 1
+                obj = json.loads(tar.extractfile(member).read())
+                errors += [f"{path}:{member.name}: {e}" for e in validate(obj)]
+            else:
+                images += 1
+    return docs, images, errors
+
+
+def _check_parquet(path: str) -> tuple[int, int, list[str]]:
+    docs = images = 0
+    errors: list[str] = []
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=64):
+        for row in batch.to_pylist():
+            docs += 1
+            images += sum(1 for b in row["image_bytes"] if b is not None)
+            errors += [f"{path}:{row['doc_id']}: {e}" for e in validate(to_json(from_row(row)))]
+    return docs, images, errors
+
+
+def verify(output_dir: str) -> list[str]:
+    """All mismatches between the manifest and the files (empty list: the corpus is sound)."""
+    manifest_path = os.path.join(output_dir, MANIFEST)
+    if not os.path.exists(manifest_path):
+        return [f"{manifest_path}: missing (not an m3w corpus, or the build did not finish)"]
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    errors: list[str] = []
+    listed = set()
+    for entry in manifest["shards"]:
+        path = os.path.join(output_dir, entry["path"])
+        listed.add(os.path.normpath(path))
+        if not os.path.exists(path):
+            errors.append(f"{entry['path']}: listed in the manifest but missing")
+            continue
+        sha, size = _sha256(path)
+        if size != entry["bytes"]:
+            errors.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']}")
+        if sha != entry["sha256"]:
+            errors.append(f"{entry['path']}: sha256 {sha[:12]}…, manifest says {entry['sha256'][:12]}…")
+            continue  # contents are corrupt; reading them back would only repeat the point
+        try:
+            check = _check_wds if entry["format"] == "wds" else _check_parquet
+            docs, images, errs = check(path)
+        except Exception as e:  # noqa: BLE001 - any read failure is a verification failure
+            errors.append(f"{entry['path']}: unreadable ({type(e).__name__}: {e})")
+            continue
+        errors += errs
+        if docs != entry["documents"]:
+            errors.append(f"{entry['path']}: {docs} documents, manifest says {entry['documents']}")
+        if images != entry["images"]:
+            errors.append(f"{entry['path']}: {images} images, manifest says {entry['images']}")
+    for folder in (WDS_DIR, PARQUET_DIR):
+        for path in _files(os.path.join(output_dir, folder)):
+            if os.path.normpath(path) not in listed:
+                errors.append(f"{os.path.relpath(path, output_dir)}: not listed in the manifest")
+    return errors
+
+
+def _files(folder: str) -> Iterator[str]:
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            yield os.path.join(folder, name)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="build-m3w verify", description=__doc__.split("\n")[0])
+    parser.add_argument("output_dir", help="a directory written by build-m3w build")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.output_dir):
+        print(f"build-m3w: error: {args.output_dir!r} is not a directory; pass the --output of a build", file=sys.stderr)
+        return 2
+    errors = verify(args.output_dir)
+    for e in errors:
+        print(e)
+    if errors:
+        print(f"verify: FAILED, {len(errors)} problem(s)")
+        return 1
+    with open(os.path.join(args.output_dir, MANIFEST), encoding="utf-8") as f:
+        totals = json.load(f)["totals"]
+    summary = ", ".join(f"{fmt}: {t['shards']} shards, {t['documents']} documents, {t['images']} images" for fmt, t in sorted(totals.items()))
+    print(f"verify: OK ({summary or 'empty corpus'})")
+    return 0
