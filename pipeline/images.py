@@ -1,0 +1,531 @@
+"""Images: safe decoding, M3W filters, resize and re-encode, hashes, and removal of repeated images.
+
+Per-record logic is the pure function ``process_image(data, url, cfg, limits)``: it returns a
+``ProcessedImage`` or raises ``ImageRejected(reason, detail)``. Two Beam composites wire it:
+
+- ``ProcessImages``: ``PCollection[ImageRecord]`` → ``images`` (``ResolvedImage``) + ``rejects``.
+- ``DropRepeatedImages``: ``PCollection[Document]`` → ``documents`` + ``rejects``; removes images
+  whose content hash appears in more than ``max_docs_per_image`` documents of the whole run
+  (logos, buttons, share icons) and duplicates inside one document.
+
+Decoding is hostile-input safe: sizes and the pixel count are checked from the header before any
+pixel is decoded (decompression bombs are rejected in well under a millisecond), only a fixed set
+of raster decoders is enabled (no EPS/ghostscript, no SVG), and any decoder failure becomes a
+counted reject instead of an exception.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from pipeline.config import ImageConfig, LimitsConfig
+from pipeline.records import ImageRecord, Reject
+from schemas.document import Document, ImageNode, Provenance
+
+# Pillow's own bomb check warns between 1x and 2x its limit; we apply our configured cap instead.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, not decode half grey
+Image.init()  # registers every plugin, so Image.open(formats=...) knows MPO, WEBP, TIFF, ICO
+
+STAGE = "image"
+
+# Pillow format name -> our format name. Only these decoders are ever tried (Image.open(formats=)).
+_PILLOW_FORMATS = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",  # multi-picture JPEG (phone cameras); the first picture is a plain JPEG
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "ICO": "ico",
+}
+_OPEN_FORMATS = tuple(f for f in _PILLOW_FORMATS if f != "MPO")  # the JPEG opener returns MPO itself
+
+# Leading bytes of the raster formats above: unidentifiable data that starts like one is corrupt.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00")
+
+#: Every reason ``process_image`` can reject with (the counter is ``image.dropped_<reason>``).
+REJECT_REASONS = (
+    "too_few_bytes",  # below cfg.min_bytes
+    "too_many_bytes",  # above cfg.max_bytes / limits.max_image_bytes
+    "url_keyword",  # logo, icon, button, ... in the URL path
+    "svg",  # vector images are skipped (not rasterised)
+    "not_an_image",  # no image signature (HTML error pages, empty bodies)
+    "corrupt",  # image signature but undecodable
+    "truncated",  # data ends before the image does
+    "format_not_allowed",  # decodable but not in cfg.allowed_formats
+    "decompression_bomb",  # header declares more than limits.max_image_pixels
+    "too_small",  # shorter side below cfg.min_side
+    "too_large",  # longer side above cfg.max_side
+    "aspect_ratio",  # long/short side above cfg.max_aspect_ratio
+    "single_color",  # pixel standard deviation below cfg.min_pixel_std
+)
+# Reasons found only after the pixels were decoded (for the image.decoded counter).
+_AFTER_DECODE = frozenset({"single_color"})
+
+# Short side (px) of the reduced copy used for the colour check and the perceptual hash.
+_STATS_SIDE = 64
+
+
+class ImageRejected(Exception):
+    """``process_image`` dropped the image: ``reason`` is one of REJECT_REASONS, ``detail`` the evidence."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class ProcessedImage:
+    """What ``process_image`` makes of one image's bytes."""
+
+    data: bytes = field(repr=False)  # stored bytes (resized/re-encoded, or the original JPEG stripped of metadata)
+    sha256: str  # of ``data``
+    width: int  # pixels of the stored image
+    height: int
+    format: str  # of ``data``: "jpeg" | "webp" | "png"
+    phash: str  # imagehash.phash of the stored pixels, 16 hex digits
+    original_sha256: str  # of the input bytes
+    original_format: str  # sniffed from the input bytes
+    original_width: int
+    original_height: int
+    original_data: bytes | None = field(default=None, repr=False)  # the input bytes when cfg.keep_originals
+
+
+@dataclass
+class ResolvedImage:
+    """An image ready to attach to the ImageNodes that reference ``url``."""
+
+    url: str
+    provenance: Provenance  # of the WARC record that held the bytes (fetched images: the archive record)
+    data: bytes = field(repr=False)
+    sha256: str
+    width: int
+    height: int
+    format: str
+    phash: str
+    original_sha256: str
+    source: str  # "warc" | "fetch"
+    original_data: bytes | None = field(default=None, repr=False)  # only with cfg.keep_originals
+
+    @classmethod
+    def of(cls, p: ProcessedImage, url: str, provenance: Provenance, source: str) -> "ResolvedImage":
+        return cls(
+            url=url,
+            provenance=provenance,
+            data=p.data,
+            sha256=p.sha256,
+            width=p.width,
+            height=p.height,
+            format=p.format,
+            phash=p.phash,
+            original_sha256=p.original_sha256,
+            source=source,
+            original_data=p.original_data,
+        )
+
+    def apply_to(self, node: ImageNode) -> ImageNode:
+        """A copy of ``node`` with the resolved fields and the stored bytes set (HTML fields kept)."""
+        return dataclasses.replace(
+            node,
+            sha256=self.sha256,
+            width=self.width,
+            height=self.height,
+            format=self.format,
+            phash=self.phash,
+            source=self.source,
+            original_sha256=self.original_sha256,
+            data=self.data,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure per-image logic
+
+
+def _min_not_none(*values: int | None) -> int | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _looks_like_svg(data: bytes) -> bool:
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith(b"<svg") or (head.startswith((b"<?xml", b"<!doctype svg", b"<!--")) and b"<svg" in head)
+
+
+def _url_keyword(url: str, keywords: list[str] | None) -> str | None:
+    if not keywords:
+        return None
+    parts = urlsplit(url)
+    # Path and query only: a host like "iconic-photos.example" says nothing about the image.
+    where = (parts.path + "?" + parts.query).lower()
+    for kw in keywords:
+        if kw.lower() in where:
+            return kw
+    return None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparency is composited on white (web pages are mostly white)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+        if mode == "RGB":
+            return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if mode == "F":
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        elif mode != "I" or arr.max() > 255:
+            arr = arr / 257.0  # 16-bit samples to 8 bits
+        gray = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+        return gray.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    # L, 1, CMYK (Adobe inversion handled by the JPEG decoder), YCbCr, LAB, HSV
+    return im.convert("RGB")
+
+
+def _strip_jpeg_metadata(data: bytes) -> bytes:
+    """The JPEG without EXIF/XMP (APP1), IPTC (APP13) and comments; pixels untouched.
+
+    Keeps a camera's GPS position and serial numbers out of the corpus without re-encoding.
+    Returns the input unchanged if the marker structure is not the plain one we expect.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return data
+    out = [b"\xff\xd8"]
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return data
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data
+            out.append(data[i:])
+            return b"".join(out)
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            out.append(data[i : i + 2])
+            i += 2
+            continue
+        seg_len = int.from_bytes(data[i + 2 : i + 4], "big")
+        if seg_len < 2 or i + 2 + seg_len > n:
+            return data
+        if marker not in (0xE1, 0xED, 0xFE):
+            out.append(data[i : i + 2 + seg_len])
+        i += 2 + seg_len
+    return data
+
+
+def _phash_hex(small_rgb: Image.Image) -> str:
+    import imagehash  # scipy-backed; imported on first use
+
+    return str(imagehash.phash(small_rgb))
+
+
+def _stats_copy(im: Image.Image) -> Image.Image:
+    """A reduced copy (short side >= _STATS_SIDE) for the colour check and the perceptual hash."""
+    factor = max(1, min(im.size) // _STATS_SIDE)
+    return im.reduce(factor) if factor > 1 else im
+
+
+def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        im.save(buf, "JPEG", quality=quality, optimize=False, progressive=False)
+    elif fmt == "webp":
+        im.save(buf, "WEBP", quality=quality, method=4)
+    else:
+        im.save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _classify_decode_error(e: Exception) -> ImageRejected:
+    msg = f"{type(e).__name__}: {e}"
+    if "truncated" in str(e).lower() or isinstance(e, EOFError):
+        return ImageRejected("truncated", msg)
+    return ImageRejected("corrupt", msg)
+
+
+def process_image(
+    data: bytes, url: str, cfg: ImageConfig = ImageConfig(), limits: LimitsConfig = LimitsConfig()
+) -> ProcessedImage:
+    """Decode, filter, resize, re-encode and hash one image.
+
+    Returns a ``ProcessedImage``; raises ``ImageRejected(reason, detail)`` with ``reason`` from
+    ``REJECT_REASONS``. Checks run cheapest first: byte size and URL keywords, then the header
+    (format, dimensions, pixel cap), then the pixels (colour variance). The stored image is RGB,
+    EXIF-oriented, its longest side at most ``cfg.resize_longest_side`` (never upscaled), encoded
+    as ``cfg.encode_format``. A JPEG that needs no change is stored as is minus its metadata
+    segments (no generation loss). Animated images keep their first frame.
+    """
+    n = len(data)
+    if cfg.min_bytes is not None and n < cfg.min_bytes:
+        raise ImageRejected("too_few_bytes", f"{n} < {cfg.min_bytes}")
+    max_bytes = _min_not_none(cfg.max_bytes, limits.max_image_bytes)
+    if max_bytes is not None and n > max_bytes:
+        raise ImageRejected("too_many_bytes", f"{n} > {max_bytes}")
+    kw = _url_keyword(url, cfg.url_keywords)
+    if kw is not None:
+        raise ImageRejected("url_keyword", kw)
+    if _looks_like_svg(data):
+        raise ImageRejected("svg")
+
+    # --- header only: nothing is decoded yet
+    try:
+        im = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise ImageRejected("decompression_bomb", str(e)) from None
+    except UnidentifiedImageError:
+        if data.startswith(_MAGIC) or data[8:12] == b"WEBP":
+            raise ImageRejected("corrupt", "image signature but no readable header") from None
+        raise ImageRejected("not_an_image", repr(data[:16])) from None
+    except Exception as e:  # hostile bytes: Pillow plugins raise many types on bad headers
+        raise _classify_decode_error(e) from None
+    fmt = _PILLOW_FORMATS.get(im.format or "", (im.format or "").lower())
+    if cfg.allowed_formats is not None and fmt not in cfg.allowed_formats:
+        raise ImageRejected("format_not_allowed", fmt)
+    w, h = im.size
+    if limits.max_image_pixels is not None and w * h > limits.max_image_pixels:
+        raise ImageRejected("decompression_bomb", f"{w}x{h} = {w * h} px > {limits.max_image_pixels}")
+    short, long_ = min(w, h), max(w, h)
+    if short <= 0:
+        raise ImageRejected("corrupt", f"{w}x{h}")
+    if cfg.min_side is not None and short < cfg.min_side:
+        raise ImageRejected("too_small", f"{w}x{h}")
+    if cfg.max_side is not None and long_ > cfg.max_side:
+        raise ImageRejected("too_large", f"{w}x{h}")
+    if cfg.max_aspect_ratio is not None and long_ / short > cfg.max_aspect_ratio:
+        raise ImageRejected("aspect_ratio", f"{w}x{h} = {long_ / short:.2f}")
+
+    target = cfg.resize_longest_side
+    scale = target / long_ if target is not None and long_ > target else 1.0
+    try:
+        orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "webp", "tiff", "png") else 1
+    except Exception:  # a broken EXIF block must not sink an otherwise good image
+        orientation = 1
+    out_fmt = cfg.encode_format
+    if out_fmt == "keep":
+        out_fmt = fmt if fmt in ("jpeg", "webp") else "png"
+
+    # --- pixels
+    passthrough = (
+        fmt == "jpeg" and im.format == "JPEG" and out_fmt == "jpeg" and scale == 1.0
+        and orientation in (1, None) and im.mode == "RGB"
+    )
+    try:
+        if passthrough:
+            # Only statistics are needed: decode at a DCT-scaled size (whole stream still
+            # read, so truncation is still caught).
+            im.draft(None, (_STATS_SIDE, _STATS_SIDE))
+            im.load()
+            small = _stats_copy(im.convert("RGB"))
+            stored = None
+        else:
+            if im.format in ("JPEG", "MPO") and scale < 1.0:
+                im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+            im.load()  # an animated image opens on, and loads, its first frame
+            if orientation not in (1, None):
+                im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb(im)
+            if scale < 1.0:
+                ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # transposed by EXIF
+                size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
+                rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            small = _stats_copy(rgb)
+            stored = rgb
+    except ImageRejected:
+        raise
+    except Exception as e:  # hostile bytes: truncation, bad Huffman tables, broken zlib, ...
+        raise _classify_decode_error(e) from None
+
+    std = float(np.asarray(small, dtype=np.float32).std())
+    if cfg.min_pixel_std is not None and std < cfg.min_pixel_std:
+        raise ImageRejected("single_color", f"pixel std {std:.2f} < {cfg.min_pixel_std}")
+
+    if stored is None:
+        out = _strip_jpeg_metadata(data)
+        ow, oh = w, h
+    else:
+        out = _encode(stored, out_fmt, cfg.encode_quality)
+        ow, oh = stored.size
+    return ProcessedImage(
+        data=out,
+        sha256=hashlib.sha256(out).hexdigest(),
+        width=ow,
+        height=oh,
+        format=out_fmt,
+        phash=_phash_hex(small),
+        original_sha256=hashlib.sha256(data).hexdigest(),
+        original_format=fmt,
+        original_width=w,
+        original_height=h,
+        original_data=data if cfg.keep_originals else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam: ProcessImages
+
+
+class _ProcessImageFn(beam.DoFn):
+    """ImageRecord → ResolvedImage (main) or Reject (``rejects``)."""
+
+    def __init__(self, cfg: ImageConfig, limits: LimitsConfig, source: str):
+        self._cfg = cfg
+        self._limits = limits
+        self._source = source
+        self._decoded = Metrics.counter("m3w", f"{STAGE}.decoded")
+        self._kept = Metrics.counter("m3w", f"{STAGE}.kept")
+        self._bytes_in = Metrics.counter("m3w", f"{STAGE}.bytes_in")
+        self._bytes_out = Metrics.counter("m3w", f"{STAGE}.bytes_out")
+        self._dropped = {r: Metrics.counter("m3w", f"{STAGE}.dropped_{r}") for r in REJECT_REASONS}
+
+    def process(self, rec: ImageRecord):
+        self._bytes_in.inc(len(rec.data))
+        source = getattr(rec, "source", None) or self._source
+        try:
+            p = process_image(rec.data, rec.url, self._cfg, self._limits)
+        except ImageRejected as r:
+            if r.reason in _AFTER_DECODE:
+                self._decoded.inc()
+            self._dropped[r.reason].inc()
+            yield pvalue.TaggedOutput("rejects", Reject.of(STAGE, r.reason, rec.provenance, rec.url, r.detail))
+            return
+        self._decoded.inc()
+        self._kept.inc()
+        self._bytes_out.inc(len(p.data))
+        yield ResolvedImage.of(p, rec.url, rec.provenance, source)
+
+
+class ProcessImages(beam.PTransform):
+    """``PCollection[ImageRecord]`` → ``DoOutputsTuple``: ``images`` (ResolvedImage), ``rejects`` (Reject).
+
+    ``source`` labels the images ("warc" for records of the input crawl, "fetch" for fetched
+    ones) unless the record itself carries a ``source`` attribute.
+    """
+
+    def __init__(self, cfg: ImageConfig = ImageConfig(), limits: LimitsConfig = LimitsConfig(), source: str = "warc"):
+        super().__init__()
+        self._cfg = cfg
+        self._limits = limits
+        self._source = source
+
+    def expand(self, records):
+        return records | "DecodeFilterResizeHash" >> beam.ParDo(
+            _ProcessImageFn(self._cfg, self._limits, self._source)
+        ).with_outputs("rejects", main="images")
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam: DropRepeatedImages
+
+
+def image_hashes_of(doc: Document):
+    """(sha256, doc_id) once per distinct resolved image of a document."""
+    seen = set()
+    for node in doc.images:
+        if node.sha256 is not None and node.sha256 not in seen:
+            seen.add(node.sha256)
+            yield node.sha256, doc.doc_id
+
+
+def repeated_in_docs(sha_and_doc_ids, max_docs: int):
+    """(sha256, [doc_id, ...]) → (doc_id, (sha256, n_docs)) for every document, when n_docs > max_docs."""
+    sha, doc_ids = sha_and_doc_ids
+    distinct = set(doc_ids)
+    if len(distinct) > max_docs:
+        for doc_id in distinct:
+            yield doc_id, (sha, len(distinct))
+
+
+def drop_images(doc: Document, repeated: dict[str, int]) -> tuple[Document, list[tuple[str, ImageNode, str]]]:
+    """The document without repeated images and in-document duplicates, plus what went and why.
+
+    Returns ``(new_doc, [(reason, node, detail), ...])`` with reason "repeated" or
+    "duplicate_in_doc". The first occurrence of an image inside a document is kept; unresolved
+    image nodes and text nodes are left as they are. The input document is not modified.
+    """
+    nodes, dropped, seen = [], [], set()
+    for node in doc.nodes:
+        if isinstance(node, ImageNode) and node.sha256 is not None:
+            if node.sha256 in repeated:
+                dropped.append(("repeated", node, f"sha256 {node.sha256} in {repeated[node.sha256]} documents"))
+                continue
+            if node.sha256 in seen:
+                dropped.append(("duplicate_in_doc", node, f"sha256 {node.sha256}"))
+                continue
+            seen.add(node.sha256)
+        nodes.append(node)
+    if not dropped:
+        return doc, []
+    return dataclasses.replace(doc, nodes=nodes), dropped
+
+
+class _DropImagesFn(beam.DoFn):
+    """(doc_id, {"doc": [Document], "repeated": [(sha, n_docs)]}) → Document (main) + Reject (``rejects``)."""
+
+    def __init__(self):
+        self._repeated = Metrics.counter("m3w", f"{STAGE}.dropped_repeated")
+        self._dup = Metrics.counter("m3w", f"{STAGE}.dropped_duplicate_in_doc")
+
+    def process(self, element):
+        _, joined = element
+        repeated = dict(joined["repeated"])
+        for doc in joined["doc"]:
+            new_doc, dropped = drop_images(doc, repeated)
+            for reason, node, detail in dropped:
+                (self._repeated if reason == "repeated" else self._dup).inc()
+                yield pvalue.TaggedOutput("rejects", Reject.of(STAGE, reason, doc.provenance, node.url, detail))
+            yield new_doc
+
+
+class DropRepeatedImages(beam.PTransform):
+    """``PCollection[Document]`` → ``DoOutputsTuple``: ``documents`` (main), ``rejects`` (Reject).
+
+    Counts, across the whole run, in how many distinct documents each image content hash
+    appears (GroupByKey on sha256), then re-joins the verdicts to the documents by doc_id
+    (CoGroupByKey). No state outside the pipeline, so it scales with the runner.
+    """
+
+    def __init__(self, cfg: ImageConfig = ImageConfig()):
+        super().__init__()
+        self._max_docs = cfg.max_docs_per_image
+
+    def expand(self, docs):
+        docs_by_id = docs | "KeyDocumentsById" >> beam.Map(lambda d: (d.doc_id, d))
+        if self._max_docs is None:
+            verdicts = docs.pipeline | "NoRepetitionLimit" >> beam.Create([])
+        else:
+            verdicts = (
+                docs
+                | "ImageHashesPerDocument" >> beam.FlatMap(image_hashes_of)
+                | "GroupDocumentsByImageHash" >> beam.GroupByKey()
+                | "RepeatedImagesPerDocument" >> beam.FlatMap(repeated_in_docs, self._max_docs)
+            )
+        return (
+            {"doc": docs_by_id, "repeated": verdicts}
+            | "JoinVerdictsToDocuments" >> beam.CoGroupByKey()
+            | "DropRepeatedAndDuplicateImages" >> beam.ParDo(_DropImagesFn()).with_outputs("rejects", main="documents")
+        )
