@@ -56,7 +56,10 @@ class LanguageConfig:
     """Offline language identification."""
 
     keep: list[str] | None = field(default_factory=lambda: ["en"])  # None keeps every language
-    min_score: float | None = 0.5  # OBELICS uses fastText en >= 0.8; our detector's scores differ
+    # Score = share of the text's characters read as the detected language (pipeline/langid.py);
+    # 0.5 keeps documents mostly in a kept language. OBELICS's fastText en >= 0.8 is a probability.
+    min_score: float | None = 0.5
+    detector: str = "resiliparse"  # or "py3langid": slower, better on short code-heavy text
 
 
 @dataclass

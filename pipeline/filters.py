@@ -477,7 +477,7 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
     if blocked:
         return None, [reject(blocked[0], blocked[1])]
 
-    lang, score = langid.detect(doc.text)
+    lang, score = langid.detect([t for t in doc.texts if t], cfg.language.detector)
     reason = language_reason(lang, score, cfg.language)
     if reason:
         return None, [reject(reason, f"{lang or 'none'} {score:.3f}")]
@@ -540,7 +540,7 @@ class _FilterTextFn(beam.DoFn):
         self.cfg = cfg
 
     def setup(self) -> None:
-        langid.load()
+        langid.load(self.cfg.language.detector)
         self._kept = Metrics.counter("m3w", f"{STAGE}.kept")
         self._counters: dict[str, beam.metrics.metricbase.Counter] = {}
         tf = self.cfg.text_filters
