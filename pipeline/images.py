@@ -340,7 +340,7 @@ def process_image(
             # read, so truncation is still caught).
             im.draft(None, (_STATS_SIDE, _STATS_SIDE))
             im.load()
-            small = _stats_copy(im.convert("RGB"))
+            small = _stats_copy(_to_rgb(im))
             stored = None
         else:
             if im.format in ("JPEG", "MPO") and scale < 1.0:
@@ -360,7 +360,8 @@ def process_image(
     except Exception as e:  # hostile bytes: truncation, bad Huffman tables, broken zlib, ...
         raise _classify_decode_error(e) from None
 
-    std = float(np.asarray(small, dtype=np.float32).std())
+    # Per channel: a uniform orange has a large spread across channels but none within one.
+    std = float(np.asarray(small, dtype=np.float32).reshape(-1, 3).std(axis=0).max())
     if cfg.min_pixel_std is not None and std < cfg.min_pixel_std:
         raise ImageRejected("single_color", f"pixel std {std:.2f} < {cfg.min_pixel_std}")
 

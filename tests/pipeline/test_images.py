@@ -1,0 +1,356 @@
+"""process_image on real photos from ../shared/data/images and on hostile inputs made here."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import sys
+import textwrap
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import ImageConfig, LimitsConfig
+from pipeline.images import ImageRejected, ResolvedImage, process_image
+from schemas.document import ImageNode, Provenance
+from tests.conftest import REPO, shared_path
+
+URL = "http://example.com/photos/a.jpg"
+PROV = Provenance("crawl.warc.gz", 10, 20, "2024-01-01T00:00:00Z")
+
+
+def read(*parts: str) -> bytes:
+    return shared_path("images", *parts).read_bytes()
+
+
+def reason_of(data: bytes, url: str = URL, cfg: ImageConfig = ImageConfig(), limits: LimitsConfig = LimitsConfig()) -> str:
+    with pytest.raises(ImageRejected) as e:
+        process_image(data, url, cfg, limits)
+    return e.value.reason
+
+
+def decode(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(size=(200, 150), seed=0) -> np.ndarray:
+    """A smooth colour gradient with noise: passes every default filter."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    rgb = np.stack([x * 255 // size[0], y * 255 // size[1], (x + y) % 256], -1).astype(np.int16)
+    return np.clip(rgb + rng.integers(-20, 20, rgb.shape), 0, 255).astype(np.uint8)
+
+
+# --- formats sniffed from the bytes -----------------------------------------------------------
+
+
+def test_jpeg_bytes_behind_png_and_bmp_names_are_read_as_jpeg():
+    ref = process_image(read("imagededup_tests", "formats_images", "ukbench09380.jpeg"), URL)
+    for name in ("ukbench09380.png", "ukbench09380.bmp"):
+        got = process_image(read("imagededup_tests", "formats_images", name), f"http://example.com/{name}")
+        assert got.original_format == "jpeg"
+        assert (got.sha256, got.width, got.height, got.phash) == (ref.sha256, 640, 480, ref.phash)
+
+
+@pytest.mark.parametrize(
+    "name, fmt, size",
+    [("copyleft.tiff", "tiff", (220, 220)), ("ukbench09380.webp", "webp", (640, 480)), ("giphy.gif", "gif", (314, 400))],
+)
+def test_tiff_webp_gif_decode_to_rgb_jpeg(name, fmt, size):
+    got = process_image(read("imagededup_tests", "formats_images", name), URL)
+    assert got.original_format == fmt
+    stored = decode(got.data)
+    assert (stored.format, stored.mode, stored.size) == ("JPEG", "RGB", size)
+    assert (got.width, got.height, got.format) == (*size, "jpeg")
+
+
+def test_animated_gif_keeps_its_first_frame():
+    data = read("imagededup_tests", "formats_images", "giphy.gif")
+    gif = Image.open(io.BytesIO(data))
+    assert gif.n_frames > 1
+    frames = []
+    for i in range(2):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("RGB"), dtype=np.float32))
+    stored = np.asarray(decode(process_image(data, URL).data), dtype=np.float32)
+    err = [np.abs(stored - f).mean() for f in frames]
+    assert err[0] < 3.0 and err[0] < err[1]
+
+
+def test_webp_and_its_jpeg_twin_get_near_identical_phash():
+    a = process_image(read("imagededup_tests", "formats_images", "ukbench09380.webp"), URL)
+    b = process_image(read("imagededup_tests", "formats_images", "ukbench09380.jpeg"), URL)
+    assert imagehash.hex_to_hash(a.phash) - imagehash.hex_to_hash(b.phash) <= 6
+
+
+# --- broken inputs ------------------------------------------------------------------------------
+
+
+def test_corrupt_jpeg_from_mixed_images_is_rejected():
+    assert reason_of(read("imagededup_tests", "mixed_images", "ukbench09268_corrupt.jpg")) == "not_an_image"
+
+
+def test_truncated_jpegs_are_rejected_as_truncated():
+    small = read("skimage_data_photos", "truncated.jpg")  # 400 bytes: caught by min_bytes by default
+    assert reason_of(small) == "too_few_bytes"
+    assert reason_of(small, cfg=ImageConfig(min_bytes=None)) == "truncated"
+    whole = read("imagededup_tests", "base_images", "ukbench00120.jpg")
+    assert reason_of(whole[: len(whole) // 2]) == "truncated"
+    big = read("pdq_bridge_mods", "aaa-orig.jpg")  # takes the resize path
+    assert reason_of(big[: len(big) * 2 // 3]) == "truncated"
+
+
+def test_header_only_and_garbage_after_signature_is_corrupt():
+    assert reason_of(b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000) == "corrupt"
+    gif = encode(Image.fromarray(photo()).convert("P"), "GIF")
+    assert reason_of(gif[:13] + b"\x00" * 2000) in ("corrupt", "truncated")
+
+
+def test_svg_and_html_are_skipped_with_their_reason():
+    svg = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100">' + b" " * 1000 + b"</svg>"
+    assert reason_of(svg) == "svg"
+    html = b"<!doctype html><html><body>" + b"Not found " * 200 + b"</body></html>"
+    assert reason_of(html) == "not_an_image"
+
+
+# --- decompression bombs: rejected from the header, fast, without allocating pixels --------------
+
+
+def test_decompression_bombs_rejected_fast_with_flat_memory():
+    # Run in a fresh interpreter so the peak RSS says what rejecting the bombs cost.
+    script = textwrap.dedent(
+        """
+        import io, resource, struct, time, zlib, json
+        from PIL import Image
+        from pipeline.config import ImageConfig
+        from pipeline.images import process_image, ImageRejected
+
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        # A real PNG bomb: 12000 x 12000 grey pixels (144 Mpx) of zeros, ~140 KB compressed.
+        w = h = 12000
+        z = zlib.compressobj(9)
+        row = b"\\x00" * (w + 1)
+        idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+        png = b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+        # A JPEG whose frame header claims 60000 x 60000.
+        buf = io.BytesIO(); Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "JPEG"); jpg = bytearray(buf.getvalue())
+        sof = jpg.index(b"\\xff\\xc0"); jpg[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+        # A GIF whose logical screen and frame claim 65535 x 65535.
+        buf = io.BytesIO(); Image.new("P", (64, 64), 3).save(buf, "GIF"); gif = bytearray(buf.getvalue())
+        gif[6:10] = struct.pack("<HH", 65535, 65535)
+        desc = gif.index(b"\\x2c", 13); gif[desc + 5 : desc + 9] = struct.pack("<HH", 65535, 65535)
+
+        out = {}
+        for name, data in (("png", png), ("jpeg", bytes(jpg)), ("gif", bytes(gif))):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            t = time.perf_counter()
+            try:
+                process_image(data, "http://example.com/bomb", ImageConfig(min_bytes=None))
+                reason = None
+            except ImageRejected as e:
+                reason = e.reason
+            out[name] = (reason, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+        print(json.dumps(out))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for name, (reason, seconds, rss_growth_kb) in out.items():
+        assert reason == "decompression_bomb", name
+        assert seconds < 0.1, (name, seconds)
+        assert rss_growth_kb < 8_000, (name, rss_growth_kb)  # a decoded bomb would take >= 144 MB
+
+
+def test_pixel_cap_comes_from_limits():
+    data = read("imagededup_tests", "base_images", "ukbench09040.jpg")  # 640 x 480
+    assert reason_of(data, limits=LimitsConfig(max_image_pixels=640 * 480 - 1)) == "decompression_bomb"
+    assert process_image(data, URL, limits=LimitsConfig(max_image_pixels=640 * 480)).width == 640
+
+
+# --- modes to RGB ------------------------------------------------------------------------------
+
+
+def test_grayscale_jpeg_is_stored_as_rgb():
+    got = process_image(read("imagededup_tests", "ukbench00120_gray.jpg"), URL)
+    assert decode(got.data).mode == "RGB"
+    colour = process_image(read("imagededup_tests", "base_images", "ukbench00120.jpg"), URL)
+    assert imagehash.hex_to_hash(got.phash) - imagehash.hex_to_hash(colour.phash) <= 8
+
+
+@pytest.mark.parametrize("name", ["alpha_channel_image.png"])
+def test_real_alpha_png_is_stored_as_rgb(name):
+    got = process_image(read("imagededup_tests", name), URL)
+    assert decode(got.data).mode == "RGB" and (got.width, got.height) == (640, 480)
+
+
+def _half_transparent(mode: str) -> Image.Image:
+    rgb = photo((200, 200))
+    alpha = np.full((200, 200), 255, np.uint8)
+    alpha[:, :100] = 0  # left half fully transparent
+    rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    if mode == "LA":
+        return rgba.convert("LA")
+    if mode == "P":
+        p = rgba.convert("RGB").quantize(64)
+        pal = np.asarray(p).copy()
+        pal[:, :100] = 63
+        p = Image.fromarray(pal, "P")
+        p.putpalette(rgba.convert("RGB").quantize(64).getpalette())
+        p.info["transparency"] = 63
+        return p
+    return rgba
+
+
+@pytest.mark.parametrize("mode, fmt", [("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "WEBP")])
+def test_transparent_pixels_are_composited_on_white(mode, fmt):
+    im = _half_transparent(mode)
+    kw = {"transparency": 63} if mode == "P" else ({"lossless": True} if fmt == "WEBP" else {})
+    got = process_image(encode(im, fmt, **kw), URL)
+    px = np.asarray(decode(got.data), dtype=np.int16)
+    assert px[:, :90].min() >= 245  # transparent half is white, not black
+    assert px[:, 110:].std() > 20  # opaque half keeps the photo
+
+
+def test_cmyk_16bit_and_bilevel_images_convert_correctly():
+    rgb = Image.fromarray(photo((160, 120)))
+    got = process_image(encode(rgb.convert("CMYK"), "JPEG", quality=95), URL)
+    diff = np.abs(np.asarray(decode(got.data), np.int16) - np.asarray(rgb, np.int16)).mean()
+    assert diff < 12  # CMYK JPEG comes back with the right colours, not inverted
+    ramp = (np.tile(np.linspace(0, 65535, 256), (100, 1))).astype(np.uint16)
+    got = process_image(encode(Image.fromarray(ramp, "I;16"), "PNG"), URL, ImageConfig(min_bytes=None))
+    px = np.asarray(decode(got.data), np.int16)
+    assert px[:, :5].mean() < 10 and px[:, -5:].mean() > 245  # full 16-bit range maps to 0..255
+    bits = Image.fromarray(photo((128, 128))[..., 0] > 128).convert("1")
+    assert decode(process_image(encode(bits, "PNG"), URL, ImageConfig(min_bytes=None)).data).mode == "RGB"
+
+
+def test_exif_orientation_is_applied():
+    # ukbench09268.jpg is stored 640 x 480 with EXIF orientation 6 (rotate 90° clockwise).
+    got = process_image(read("imagededup_tests", "mixed_images", "ukbench09268.jpg"), URL)
+    assert (got.width, got.height) == (480, 640)
+    im = Image.fromarray(photo((300, 100)))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    got = process_image(encode(im, "JPEG", exif=exif.tobytes(), quality=95), URL)
+    stored = np.asarray(decode(got.data), np.int16)
+    assert stored.shape[:2] == (300, 100)
+    expect = np.asarray(im.transpose(Image.Transpose.ROTATE_90), np.int16)
+    wrong = np.asarray(im.transpose(Image.Transpose.ROTATE_270), np.int16)
+    assert np.abs(stored - expect).mean() < 12 < np.abs(stored - wrong).mean()
+
+
+# --- filters -----------------------------------------------------------------------------------
+
+
+def test_size_aspect_and_colour_filters():
+    assert reason_of(read("pdq_bridge_mods", "square-128x128.jpg"), cfg=ImageConfig(min_side=150)) == "too_small"
+    assert reason_of(read("pdq_bridge_mods", "aaa-orig.jpg"), cfg=ImageConfig(max_side=1000)) == "too_large"
+    text = read("skimage_data_photos", "text.png")  # 448 x 172 = 2.6
+    assert reason_of(text, cfg=ImageConfig(max_aspect_ratio=2.0)) == "aspect_ratio"
+    assert process_image(text, URL).width == 448
+    flat = encode(Image.new("RGB", (300, 200), (30, 120, 200)), "PNG")
+    assert reason_of(flat, cfg=ImageConfig(min_bytes=None)) == "single_color"
+    flat_jpeg = encode(Image.new("RGB", (300, 200), (250, 250, 250)), "JPEG")
+    assert reason_of(flat_jpeg, cfg=ImageConfig(min_bytes=None)) == "single_color"
+
+
+def test_format_byte_and_url_filters():
+    webp = read("imagededup_tests", "formats_images", "ukbench09380.webp")
+    assert reason_of(webp, cfg=ImageConfig(allowed_formats=["jpeg", "png"])) == "format_not_allowed"
+    jpg = read("imagededup_tests", "base_images", "ukbench09040.jpg")
+    assert reason_of(jpg, cfg=ImageConfig(max_bytes=len(jpg) - 1)) == "too_many_bytes"
+    assert reason_of(jpg, limits=LimitsConfig(max_image_bytes=1000)) == "too_many_bytes"
+    assert reason_of(jpg, cfg=ImageConfig(min_bytes=len(jpg) + 1)) == "too_few_bytes"
+    assert reason_of(jpg, url="https://cdn.example.com/static/site-logo.jpg") == "url_keyword"
+    assert reason_of(jpg, url="https://example.com/img?type=ICON") == "url_keyword"
+    # The host name does not count: only path and query say what the image is.
+    assert process_image(jpg, "https://iconic-logos.example.com/photo.jpg").width == 640
+    assert process_image(jpg, "https://example.com/site-logo.jpg", ImageConfig(url_keywords=None)).width == 640
+
+
+# --- resize, encode, hashes --------------------------------------------------------------------
+
+
+def test_resize_keeps_aspect_and_never_upscales():
+    big = process_image(read("pdq_bridge_mods", "aaa-orig.jpg"), URL)  # 1600 x 1004
+    assert (big.width, big.height) == (640, 402) and (big.original_width, big.original_height) == (1600, 1004)
+    assert decode(big.data).size == (640, 402)
+    small = process_image(read("pdq_bridge_mods", "square-128x128.jpg"), URL)
+    assert (small.width, small.height) == (128, 128)
+    half = process_image(read("pdq_bridge_mods", "aaa-orig.jpg"), URL, ImageConfig(resize_longest_side=320))
+    assert (half.width, half.height) == (320, 201)
+    full = process_image(read("pdq_bridge_mods", "aaa-orig.jpg"), URL, ImageConfig(resize_longest_side=None))
+    assert (full.width, full.height) == (1600, 1004)
+
+
+def test_webp_encoding_and_kept_originals():
+    data = read("skimage_data_photos", "chelsea.png")
+    got = process_image(data, URL, ImageConfig(encode_format="webp", encode_quality=80, keep_originals=True))
+    assert got.format == "webp" and decode(got.data).format == "WEBP"
+    assert got.original_data == data and got.original_format == "png"
+    assert process_image(data, URL).original_data is None
+    kept = process_image(data, URL, ImageConfig(encode_format="keep"))
+    assert kept.format == "png" and decode(kept.data).format == "PNG"
+
+
+def test_unchanged_jpeg_is_stored_losslessly_without_its_exif():
+    im = Image.fromarray(photo((320, 240)))
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"  # Make
+    exif[0x0110] = "SecretModel"  # Model
+    data = encode(im, "JPEG", quality=92, exif=exif.tobytes())
+    got = process_image(data, URL)
+    assert b"SecretModel" in data and b"SecretModel" not in got.data
+    assert np.array_equal(np.asarray(decode(got.data)), np.asarray(decode(data)))  # not re-encoded
+    assert got.original_sha256 != got.sha256
+
+
+def test_hashes_describe_the_stored_bytes():
+    import hashlib
+
+    data = read("pdq_bridge_mods", "aaa-orig.jpg")
+    got = process_image(data, URL)
+    assert got.sha256 == hashlib.sha256(got.data).hexdigest()
+    assert got.original_sha256 == hashlib.sha256(data).hexdigest()
+    assert len(got.phash) == 16
+    assert imagehash.hex_to_hash(got.phash) - imagehash.phash(decode(got.data)) <= 4
+
+
+def test_phash_groups_near_duplicates_and_separates_distinct_photos():
+    mods = ["blur-a-little.jpg", "high-contrast.jpg", "sharpen-a-little.jpg", "shrink-a-little.jpg", "high-saturation.jpg"]
+    orig = imagehash.hex_to_hash(process_image(read("pdq_bridge_mods", "aaa-orig.jpg"), URL).phash)
+    for m in mods:
+        assert orig - imagehash.hex_to_hash(process_image(read("pdq_bridge_mods", m), URL).phash) <= 6, m
+    base = shared_path("images", "imagededup_tests", "base_images")
+    hashes = [imagehash.hex_to_hash(process_image(p.read_bytes(), URL).phash) for p in sorted(base.glob("*.jpg"))]
+    dists = [a - b for i, a in enumerate(hashes) for b in hashes[i + 1 :]]
+    assert min(dists) > 10
+
+
+def test_resolved_image_applies_to_a_node():
+    got = process_image(read("imagededup_tests", "base_images", "ukbench09040.jpg"), URL)
+    res = ResolvedImage.of(got, URL, PROV, "warc")
+    node = ImageNode(url=URL, alt="a cat", declared_width=640)
+    out = res.apply_to(node)
+    assert node.sha256 is None  # input untouched
+    assert out.resolved and out.alt == "a cat" and out.declared_width == 640
+    assert (out.sha256, out.phash, out.width, out.height, out.format, out.source) == (
+        got.sha256, got.phash, 640, 480, "jpeg", "warc"
+    )
+    assert out.data == got.data and out.original_sha256 == got.original_sha256
+    assert dataclasses.asdict(out)["url"] == URL
