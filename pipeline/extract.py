@@ -58,12 +58,11 @@ _NEVER_DROP_BY_CLASS = frozenset("html body main article".split())
 
 # class/id tokens of boilerplate blocks (prefix match at a token start: "comments-area", "share-bar").
 _BOILER_CLASS = re.compile(
-    r"(?:^|[\s_-])(?:nav|navbar|navigation|menu|breadcrumb|footer|header|masthead|sidebar|side-bar|"
-    r"widget|cookie|consent|gdpr|share|sharing|sharedaddy|social|comment|disqus|related|recommend|"
-    r"newsletter|subscribe|signup|promo|advert|ads|ad|sponsor|popup|modal|pagination|pager|"
-    r"skip-link|skiplink|toolbar|tags|tagcloud|byline|author-bio|print-only|sr-only|screen-reader|"
-    r"visually-hidden|visuallyhidden|hidden|offscreen|mw-editsection|navbox|printfooter|catlinks|"
-    r"mw-jump|noprint)(?:s)?(?=$|[\s_-])"
+    r"(?:^|[\s_-])(?:nav|navbar|navigation|menu|breadcrumb|footer|sidebar|side-bar|cookie|consent|gdpr|"
+    r"share|sharing|sharedaddy|social|comment|disqus|related|recommend|newsletter|subscribe|popup|modal|"
+    r"pagination|pager|skip-link|skiplink|toolbar|tagcloud|print-only|sr-only|screen-reader|"
+    r"visually-hidden|visuallyhidden|offscreen|mw-editsection|navbox|printfooter|catlinks|mw-jump|noprint)"
+    r"(?:s)?(?=$|[\s_-])"
 )
 # Containers that look like the article; a boilerplate token next to one of these is not trusted.
 _CONTENT_CLASS = re.compile(r"(?:^|[\s_-])(?:article|content|main|post|entry|story|body|text)(?=$|[\s_-])")
@@ -212,68 +211,76 @@ def _resolve(base: str, url: str) -> str | None:
 # The walk
 
 
+_BR = "\ue000"  # a <br> in the text buffer (private-use: never in real text, not whitespace)
+_cls_cache: dict[str, bool] = {}
+
+
+def _boiler_class(cls: str) -> bool:
+    """class/id string names a boilerplate block (memoised: pages repeat their class names)."""
+    hit = _cls_cache.get(cls)
+    if hit is None:
+        hit = _BOILER_CLASS.search(cls) is not None and _CONTENT_CLASS.search(cls) is None
+        if len(_cls_cache) > 100_000:
+            _cls_cache.clear()
+        _cls_cache[cls] = hit
+    return hit
+
+
 @dataclass
-class _Block:
-    """A block element of the walk: the unit main-content scoring works on."""
+class _Walk:
+    """What one pass over the DOM collected.
 
-    parent: int
-    tag: str
-    weight: int
-    text_len: int = 0
-    link_len: int = 0
-    score: float = 0.0
-    scored: bool = False
+    ``items`` are ``(block, kind, payload, link_chars, block_tag, region)`` in document order, kind
+    "t" (payload str) or "i" (payload ImageNode). Blocks and regions are numbered in pre-order, so a
+    parent's number is always below its children's.
+    """
+
+    items: list[tuple]
+    bparent: list[int]  # block → parent block (-1 for the root)
+    btag: list[str]
+    bcls: list[str]  # lower-cased "class id" of the block element
+    rparent: list[int]  # hidden/boilerplate region → parent region; region 0 is the page
+    depth_cut: bool
+    images_dropped: int
 
 
-@dataclass
-class _Figure:
-    images: list = field(default_factory=list)
-    caption: str = ""
+def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
+    """Pre-order walk of ``root`` with explicit exit markers (no recursion: deep trees are hostile input)."""
+    boiler = cfg.remove_boilerplate
+    keep_alt = cfg.keep_alt_text
+    min_side = cfg.min_declared_image_side
+    patterns = [p.lower() for p in cfg.drop_image_url_patterns]
+    max_depth = limits.max_dom_depth or 1 << 30
+    deadline = time.monotonic() + limits.parse_timeout_s if limits.parse_timeout_s else None
 
+    bparent, btag, bcls = [-1], ["#root"], [""]
+    rparent = [-1]
+    items: list[tuple] = []
+    buf: list[str] = []
+    figures: list[list] = []  # [images, caption] per open <figure>
+    cur = region = 0
+    link_depth = buf_link = pre_depth = 0
+    img_unresolved = depth_cut = False
+    images_dropped = 0
 
-class _Walker:
-    """Collects items ``(block_id, kind, payload, link_len, group)`` in document order."""
-
-    def __init__(self, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> None:
-        self.base = base
-        self.cfg = cfg
-        self.max_depth = limits.max_dom_depth or 1 << 30
-        self.deadline = time.monotonic() + limits.parse_timeout_s if limits.parse_timeout_s else None
-        self.blocks: list[_Block] = [_Block(-1, "#root", 0)]
-        self.items: list[tuple] = []
-        self.buf: list[str] = []
-        self.buf_link = 0
-        self.cur = 0
-        self.link_depth = 0
-        self.pre_depth = 0
-        self.figures: list[_Figure] = []
-        self.groups: list[int] = []  # innermost list/table row block ids, for merging
-        self.img_unresolved = False
-        self.depth_cut = False
-        self.drop_patterns = [p.lower() for p in cfg.drop_image_url_patterns]
-        self.images_dropped = 0
-
-    # -- text buffer --
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        raw = "".join(self.buf)
-        self.buf = []
-        link = self.buf_link
-        self.buf_link = 0
-        if self.pre_depth:
-            text = raw.strip("\n")
+    def flush() -> None:
+        nonlocal buf_link
+        raw = "".join(buf)
+        buf.clear()
+        link, buf_link = buf_link, 0
+        if pre_depth:
+            text = raw.replace(_BR, "\n").strip("\n")
+            if not text.strip():
+                return
+        elif _BR in raw:
+            text = "\n".join(t for t in (" ".join(p.split()) for p in raw.split(_BR)) if t)
         else:
-            text = "\n".join(" ".join(line.split()) for line in raw.split("\n")).strip()
-            if "\n\n" in text or "\n " in text:
-                text = re.sub(r"\n\s*\n+", "\n", text)
-        if not text:
-            return
-        self.items.append((self.cur, "t", text, link, self.blocks[self.cur].tag))
+            text = " ".join(raw.split())
+        if text:
+            items.append((cur, "t", text, link, btag[cur], region))
 
-    def add_image(self, node, attrs: dict) -> None:
-        w = _declared_px(attrs.get("width"))
-        h = _declared_px(attrs.get("height"))
+    def add_image(node, attrs: dict) -> None:
+        nonlocal img_unresolved, images_dropped
         sources = None
         parent = node.parent
         if parent is not None and parent.tag == "picture":
@@ -285,243 +292,234 @@ class _Walker:
                 c = c.next
         raw = image_url(attrs, sources)
         if raw is None:
-            self.img_unresolved = True
-            self.images_dropped += 1
+            img_unresolved = True
+            images_dropped += 1
             return
-        url = _resolve(self.base, raw)
-        if url is None:
-            self.images_dropped += 1
+        url = _resolve(base, raw)
+        w = _declared_px(attrs.get("width"))
+        h = _declared_px(attrs.get("height"))
+        if (
+            url is None
+            or (min_side and ((w is not None and w < min_side) or (h is not None and h < min_side)))
+            or any(p in url.lower() for p in patterns)
+        ):
+            images_dropped += 1
             return
-        lo = url.lower()
-        side = self.cfg.min_declared_image_side
-        if side and ((w is not None and w < side) or (h is not None and h < side)):
-            self.images_dropped += 1
-            return
-        for p in self.drop_patterns:
-            if p in lo:
-                self.images_dropped += 1
-                return
-        alt = " ".join((attrs.get("alt") or "").split()) if self.cfg.keep_alt_text else ""
+        alt = " ".join((attrs.get("alt") or "").split()) if keep_alt else ""
         img = ImageNode(url=url, alt=alt, declared_width=w, declared_height=h)
-        self.flush()
-        self.img_unresolved = False
-        self.items.append((self.cur, "i", img, 0, "img"))
-        if self.figures:
-            self.figures[-1].images.append(img)
+        if buf:
+            flush()
+        img_unresolved = False
+        items.append((cur, "i", img, 0, "img", region))
+        if figures:
+            figures[-1][0].append(img)
 
-    # -- the walk --
-    def walk(self, root) -> None:
-        boiler = self.cfg.remove_boilerplate
-        blocks = self.blocks
-        stack: list = [(root, 0)]
-        steps = 0
-        while stack:
-            node, depth = stack.pop()
-            if node is None:  # exit marker: depth holds the action
-                self._exit(depth)
-                continue
-            steps += 1
-            if self.deadline is not None and not steps & 255 and time.monotonic() > self.deadline:
-                raise ExtractionError("parse_timeout", f"walk exceeded {self.deadline and 'the deadline'}")
-            tag = node.tag
-            if tag == "-text":
-                t = node.text_content
-                if t:
-                    if not self.pre_depth:
-                        t = _WS.sub(" ", t)
-                        if t == " " and (not self.buf or self.buf[-1].endswith((" ", "\n"))):
-                            continue
-                    self.buf.append(t)
-                    if self.link_depth:
-                        self.buf_link += len(t)
-                continue
-            if tag is None or tag[0] == "-" or tag in _SKIP_TAGS:
-                continue
-            if depth >= self.max_depth:
-                self.depth_cut = True
-                continue
-            attrs = node.attributes
-            if attrs:
-                if "hidden" in attrs or attrs.get("aria-hidden") == "true":
-                    continue
+    stack: list = [(root, 0)]
+    steps = 0
+    while stack:
+        entry = stack.pop()
+        if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, <= -2 region
+            if entry >= 0:
+                if buf:
+                    flush()
+                t = btag[cur]
+                if t == "pre":
+                    pre_depth -= 1
+                elif t == "figure":
+                    imgs, caption = figures.pop()
+                    if caption and keep_alt:
+                        for img in imgs:
+                            if not img.alt:
+                                img.alt = caption
+                cur = entry
+            elif entry == -1:
+                link_depth -= 1
+            else:
+                if buf:
+                    flush()
+                region = -2 - entry
+            continue
+        node, depth = entry
+        tag = node.tag
+        if tag == "-text":
+            t = node.text_content
+            if t:
+                buf.append(t)
+                if link_depth:
+                    buf_link += len(t)
+            continue
+        if tag is None or tag[0] == "-" or tag in _SKIP_TAGS:
+            continue
+        steps += 1
+        if deadline is not None and not steps & 255 and time.monotonic() > deadline:
+            raise ExtractionError("parse_timeout", f"DOM walk over {limits.parse_timeout_s} s")
+        if depth >= max_depth:
+            depth_cut = True
+            continue
+        attrs = node.attributes
+        cls = ""
+        drop = False
+        if attrs:
+            if "hidden" in attrs or attrs.get("aria-hidden") == "true":
+                drop = True
+            else:
                 style = attrs.get("style")
-                if style and _HIDDEN_STYLE.search(style.lower()):
-                    continue
-            if boiler and tag in _BOILER_TAGS:
+                drop = bool(style) and _HIDDEN_STYLE.search(style.lower()) is not None
+            c, i = attrs.get("class"), attrs.get("id")
+            if c or i:
+                cls = (f"{c} {i}" if c and i else c or i).lower()
+        if boiler and not drop:
+            drop = tag in _BOILER_TAGS or (bool(cls) and tag not in _NEVER_DROP_BY_CLASS and _boiler_class(cls))
+        if drop:
+            # Walked as a region and decided after the walk: a hidden or boilerplate-looking
+            # element holding most of the page is the page (ASP.NET's page-wide <form>, a blog
+            # engine's "widget blog", content revealed by script).
+            if buf:
+                flush()
+            stack.append(-2 - region)
+            rparent.append(region)
+            region = len(rparent) - 1
+        if tag == "img":
+            add_image(node, attrs)
+            continue
+        if tag == "br":
+            buf.append(_BR)
+            continue
+        if tag == "noscript":
+            # Lazy loaders put the real <img> in <noscript>; use it only when the <img> before it had
+            # no usable URL, or the image would appear twice.
+            if not img_unresolved:
                 continue
-            cls = ""
-            if attrs:
-                cls = f"{attrs.get('class') or ''} {attrs.get('id') or ''}".strip().lower()
-                if boiler and cls and tag not in _NEVER_DROP_BY_CLASS and _BOILER_CLASS.search(cls):
-                    if not _CONTENT_CLASS.search(cls):
-                        continue
-            if tag == "img":
-                self.add_image(node, attrs)
-                continue
-            if tag == "br":
-                self.buf.append("\n")
-                continue
-            if tag == "noscript":
-                # Lazy loaders put the real <img> in <noscript>; use it only when the <img> before
-                # it had no usable URL, or the page would show the image twice.
-                if not self.img_unresolved:
-                    continue
-                self.img_unresolved = False
-            action = None
-            if tag in _BLOCK_TAGS:
-                self.flush()
-                weight = 0
-                if cls:
-                    if _NEGATIVE_CLASS.search(cls):
-                        weight -= 25
-                    if _POSITIVE_CLASS.search(cls):
-                        weight += 25
-                blocks.append(_Block(self.cur, tag, weight))
-                action = ("b", self.cur)
-                self.cur = len(blocks) - 1
-                if tag == "pre":
-                    self.pre_depth += 1
-                elif tag == "figure":
-                    self.figures.append(_Figure())
-                elif tag == "figcaption" and self.figures:
-                    self.figures[-1].caption = " ".join(node.text(deep=True).split())
-            elif tag == "a":
-                self.link_depth += 1
-                action = ("a", 0)
-            if action is not None:
-                stack.append((None, action))
-            c = node.last_child
-            d = depth + 1
-            while c is not None:
-                stack.append((c, d))
-                c = c.prev
-        self.flush()
-
-    def _exit(self, action) -> None:
-        kind, prev = action
-        if kind == "a":
-            self.link_depth -= 1
-            return
-        self.flush()
-        tag = self.blocks[self.cur].tag
-        if tag == "pre":
-            self.pre_depth -= 1
-        elif tag == "figure":
-            fig = self.figures.pop()
-            if fig.caption and self.cfg.keep_alt_text:
-                for img in fig.images:
-                    if not img.alt:
-                        img.alt = fig.caption
-        self.cur = prev
+            img_unresolved = False
+        if tag in _BLOCK_TAGS:
+            if buf:
+                flush()
+            stack.append(cur)
+            bparent.append(cur)
+            btag.append(tag)
+            bcls.append(cls)
+            cur = len(bparent) - 1
+            if tag == "pre":
+                pre_depth += 1
+            elif tag == "figure":
+                figures.append([[], ""])
+            elif tag == "figcaption" and figures:
+                figures[-1][1] = " ".join(node.text(deep=True).split())
+        elif tag == "a":
+            link_depth += 1
+            stack.append(-1)
+        c = node.last_child
+        d = depth + 1
+        while c is not None:
+            stack.append((c, d))
+            c = c.prev
+    if buf:
+        flush()
+    return _Walk(items, bparent, btag, bcls, rparent, depth_cut, images_dropped)
 
 
 # ---------------------------------------------------------------------------------------------
 # Main content
 
 
-def _select_main(blocks: list[_Block], items: list[tuple]) -> set[int] | None:
-    """Block ids whose items form the main content (readability's scoring), or None for all."""
-    # Subtree text and link lengths.
-    total = 0
-    for bid, kind, payload, link, _ in items:
-        if kind != "t":
-            continue
-        n = len(payload)
-        total += n
-        b = bid
-        while b >= 0:
-            blk = blocks[b]
-            blk.text_len += n
-            blk.link_len += link
-            b = blk.parent
-    if total == 0:
+def _drop_regions(w: _Walk, max_share: float) -> list[tuple]:
+    """Items outside hidden/boilerplate regions, except regions holding > max_share of the text."""
+    items = w.items
+    rparent = w.rparent
+    if len(rparent) == 1:
+        return items
+    chars = [0] * len(rparent)
+    for it in items:
+        if it[1] == "t":
+            chars[it[5]] += len(it[2])
+    for r in range(len(rparent) - 1, 0, -1):  # children before parents
+        chars[rparent[r]] += chars[r]
+    limit = chars[0] * max_share
+    removed = [False] * len(rparent)
+    for r in range(1, len(rparent)):  # parents before children
+        removed[r] = removed[rparent[r]] or chars[r] <= limit
+    return [it for it in items if not removed[it[5]]]
+
+
+def _class_weight(cls: str) -> int:
+    if not cls:
+        return 0
+    return (25 if _POSITIVE_CLASS.search(cls) else 0) - (25 if _NEGATIVE_CLASS.search(cls) else 0)
+
+
+def _select_main(w: _Walk, items: list[tuple]) -> list[bool] | None:
+    """Per block: inside the main content (readability's text-density scoring); None = no verdict."""
+    bparent, btag = w.bparent, w.btag
+    n = len(bparent)
+    tlen = [0] * n
+    llen = [0] * n
+    for bid, kind, payload, link, _, _ in items:
+        if kind == "t":
+            tlen[bid] += len(payload)
+            llen[bid] += link
+    for b in range(n - 1, 0, -1):
+        p = bparent[b]
+        tlen[p] += tlen[b]
+        llen[p] += llen[b]
+    if tlen[0] == 0:
         return None
-    # Paragraph scores flow to the paragraph's ancestors (parent 1, grandparent 1/2, then 1/(3·level)).
-    candidates: list[int] = []
-    for bid, kind, payload, link, tag in items:
+    # A paragraph's score goes to its parent (1), grandparent (1/2), then 1/(3·level), 5 levels up.
+    score: dict[int, float] = {}
+    for bid, kind, payload, _, tag, _ in items:
         if kind != "t" or len(payload) < 25 or tag in _HEADINGS:
             continue
-        score = 1 + payload.count(",") + min(len(payload) // 100, 3)
-        anc = blocks[bid].parent if tag in ("p", "pre", "td", "div", "li", "blockquote", "section", "article") else bid
+        s = 1 + payload.count(",") + min(len(payload) // 100, 3)
+        anc = bparent[bid]
         level = 0
         while anc > 0 and level < 5:
-            blk = blocks[anc]
-            if not blk.scored:
-                blk.scored = True
-                blk.score = _TAG_SCORE.get(blk.tag, 0) + blk.weight
-                candidates.append(anc)
-            blk.score += score / (1 if level == 0 else 2 if level == 1 else level * 3)
-            anc = blk.parent
+            if anc not in score:
+                score[anc] = _TAG_SCORE.get(btag[anc], 0) + _class_weight(w.bcls[anc])
+            score[anc] += s / (1 if level == 0 else 2 if level == 1 else level * 3)
+            anc = bparent[anc]
             level += 1
-    if not candidates:
+    if not score:
         return None
-    best, best_score = -1, float("-inf")
-    for c in candidates:
-        blk = blocks[c]
-        ld = blk.link_len / blk.text_len if blk.text_len else 0.0
-        blk.score *= 1 - ld
-        if blk.score > best_score:
-            best, best_score = c, blk.score
-    top = blocks[best]
-    # A top candidate holding little of the page's text is likely one block of a list of teasers:
-    # readability's fallback is the whole page.
-    selected = {best}
-    threshold = max(10.0, best_score * 0.2)
-    for c in candidates:
-        if c != best and blocks[c].parent == top.parent and blocks[c].score >= threshold:
-            selected.add(c)
-    return selected
-
-
-def _in_selection(bid: int, blocks: list[_Block], selected: set[int], cache: dict[int, bool]) -> bool:
-    path = []
-    b = bid
-    result = False
-    while b >= 0:
-        if b in cache:
-            result = cache[b]
-            break
-        if b in selected:
-            result = True
-            break
-        path.append(b)
-        b = blocks[b].parent
-    for p in path:
-        cache[p] = result
-    return result
+    for b in score:
+        score[b] *= 1 - (llen[b] / tlen[b] if tlen[b] else 0.0)
+    best = max(score, key=score.__getitem__)
+    # Siblings of the best block that score well are part of the article (split article bodies).
+    threshold = max(10.0, score[best] * 0.2)
+    top_parent = bparent[best]
+    chosen = {b for b, s in score.items() if b == best or (bparent[b] == top_parent and s >= threshold)}
+    inside = [False] * n
+    for b in range(1, n):
+        inside[b] = b in chosen or inside[bparent[b]]
+    return inside
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API
 
 
-def _assemble(items: list[tuple], blocks: list[_Block], min_chars: int) -> list[Node]:
+def _assemble(items: list[tuple], w: _Walk, min_chars: int) -> list[Node]:
     """Items → nodes: list items merged into one node per list, table cells into rows and tables."""
+    bparent, btag = w.bparent, w.btag
     nodes: list[Node] = []
     prev_group = None
-    for bid, kind, payload, _, tag in items:
+    for bid, kind, payload, _, tag, _ in items:
         if kind == "i":
             nodes.append(payload)
             prev_group = None
             continue
         group = None
-        sep = "\n"
         if tag == "li" or tag == "dd" or tag == "dt":
-            group = ("list", blocks[bid].parent)
-        elif tag in ("td", "th"):
-            row = blocks[bid].parent
-            table = blocks[row].parent if row >= 0 else -1
-            while table > 0 and blocks[table].tag in ("tbody", "thead", "tfoot"):
-                table = blocks[table].parent
+            group = ("list", bparent[bid], -1)
+        elif tag == "td" or tag == "th":
+            row = bparent[bid]
+            table = bparent[row] if row >= 0 else -1
+            while table > 0 and btag[table] in ("tbody", "thead", "tfoot"):
+                table = bparent[table]
             group = ("table", table, row)
-        if group is not None and prev_group is not None and nodes and isinstance(nodes[-1], TextNode):
-            if group[:2] == prev_group[:2]:
-                if group[0] == "table" and group[2] == prev_group[2]:
-                    sep = " | "
-                nodes[-1] = TextNode(nodes[-1].text + sep + payload)
-                prev_group = group
-                continue
-        nodes.append(TextNode(payload))
+        if group is not None and prev_group is not None and group[:2] == prev_group[:2]:
+            sep = " | " if group[0] == "table" and group[2] == prev_group[2] else "\n"
+            nodes[-1] = TextNode(nodes[-1].text + sep + payload)
+        else:
+            nodes.append(TextNode(payload))
         prev_group = group
     if min_chars > 1:
         nodes = [n for n in nodes if not isinstance(n, TextNode) or len(n.text) >= min_chars]
@@ -558,17 +556,16 @@ def extract_nodes(
     root = tree.body or tree.root
     if root is None:
         return [], title
-    walker = _Walker(base, cfg, limits)
-    walker.walk(root)
-    items = walker.items
+    walk = _walk(root, base, cfg, limits)
+    items = _drop_regions(walk, cfg.boilerplate_max_share)
     if cfg.main_content:
-        selected = _select_main(walker.blocks, items)
-        if selected is not None:
-            cache: dict[int, bool] = {}
-            kept = [it for it in items if _in_selection(it[0], walker.blocks, selected, cache)]
+        inside = _select_main(walk, items)
+        if inside is not None:
+            kept = [it for it in items if inside[it[0]]]
+            # A short winner is one teaser of a list page (a shop, an index): keep the whole page.
             if sum(len(it[2]) for it in kept if it[1] == "t") >= cfg.main_content_min_chars:
                 items = kept
-    return _assemble(items, walker.blocks, cfg.min_text_chars), title
+    return _assemble(items, walk, cfg.min_text_chars), title
 
 
 def extract_document(page: Page, cfg: ExtractConfig = ExtractConfig(), limits: LimitsConfig = LimitsConfig()) -> Document:

@@ -1,0 +1,210 @@
+"""Extraction quality and speed of pipeline.extract against trafilatura, on human ground truth.
+
+    .venv/bin/python -m benchmarks.extraction [--data ../shared/data/extraction] [--no-anchor] [--worst N]
+
+Sets (../shared/data/extraction, see its README):
+- article_benchmark: text F1, bag of lowercased ``\\w+`` tokens vs ``articleBody``;
+- readability: text F1 vs the text of ``expected.html``; content-image precision/recall/F1 vs the
+  ``<img>`` URLs of ``expected.html`` resolved against ``http://fakehost/test/page.html``;
+- trafilatura/cache + evaldata.json: share of ``with`` snippets found, ``without`` snippets avoided;
+- pages/s over all pages of the three sets, each extractor timed alone in the same process.
+
+Scores are macro averages over pages; image scores over pages where either side has an image.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urljoin
+
+from selectolax.lexbor import LexborHTMLParser
+
+from pipeline.config import ExtractConfig, LimitsConfig
+from pipeline.extract import ExtractionError, extract_nodes
+from pipeline.urls import normalize_url
+from schemas.document import ImageNode, TextNode
+
+READABILITY_BASE = "http://fakehost/test/page.html"
+_TOKEN = re.compile(r"\w+")
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)[^)]*\)")
+
+
+def decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def load_sets(root: Path) -> dict[str, list[dict]]:
+    """{set name: [{id, html, url, ...ground truth}]}."""
+    sets: dict[str, list[dict]] = {}
+    gt = json.loads((root / "article_benchmark" / "ground-truth.json").read_text())
+    sets["article"] = [
+        {
+            "id": key,
+            "html": decode(gzip.open(root / "article_benchmark" / "html" / f"{key}.html.gz").read()),
+            "url": v.get("url") or "http://example.com/",
+            "gold_text": v["articleBody"],
+        }
+        for key, v in sorted(gt.items())
+    ]
+    rows = []
+    for case in sorted((root / "readability").iterdir()):
+        if not (case / "source.html").exists():
+            continue
+        expected = LexborHTMLParser(decode((case / "expected.html").read_bytes()))
+        imgs = set()
+        for img in expected.css("img"):
+            src = (img.attributes.get("src") or "").strip()
+            if src and not src.startswith("data:"):
+                imgs.add(normalize_url(urljoin(READABILITY_BASE, src)))
+        rows.append(
+            {
+                "id": case.name,
+                "html": decode((case / "source.html").read_bytes()),
+                "url": READABILITY_BASE,
+                "gold_text": (expected.body or expected.root).text(separator=" "),
+                "gold_images": imgs,
+            }
+        )
+    sets["readability"] = rows
+    ev = json.loads((root / "trafilatura" / "evaldata.json").read_text())
+    rows = []
+    for url, v in sorted(ev.items()):
+        f = root / "trafilatura" / "cache" / v["file"]
+        if f.exists():
+            rows.append({"id": v["file"], "html": decode(f.read_bytes()), "url": url, "with": v["with"], "without": v["without"]})
+    sets["snippets"] = rows
+    return sets
+
+
+# ---------------------------------------------------------------------------------------------
+# Extractors: (html, url) -> (text, [absolute image URLs])
+
+
+def ours(cfg: ExtractConfig, limits: LimitsConfig):
+    def run(html: str, url: str) -> tuple[str, list[str]]:
+        try:
+            nodes, _ = extract_nodes(html, url, cfg, limits)
+        except ExtractionError:
+            return "", []
+        text = "\n\n".join(n.text for n in nodes if isinstance(n, TextNode))
+        return text, [n.url for n in nodes if isinstance(n, ImageNode)]
+
+    return run
+
+
+def trafilatura_extractor():
+    import trafilatura
+
+    def run(html: str, url: str) -> tuple[str, list[str]]:
+        out = trafilatura.extract(html, url=url, include_images=True) or ""
+        images = [urljoin(url, m.group(2)) for m in _MD_IMAGE.finditer(out)]
+        return _MD_IMAGE.sub(" ", out), images
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def text_f1(pred: str, gold: str) -> float:
+    p = Counter(_TOKEN.findall(pred.lower()))
+    g = Counter(_TOKEN.findall(gold.lower()))
+    if not p and not g:
+        return 1.0
+    overlap = sum((p & g).values())
+    if overlap == 0:
+        return 0.0
+    prec = overlap / sum(p.values())
+    rec = overlap / sum(g.values())
+    return 2 * prec * rec / (prec + rec)
+
+
+def image_prf(pred: list[str], gold: set[str]) -> tuple[float, float, float] | None:
+    p = {normalize_url(u) for u in pred}
+    if not p and not gold:
+        return None
+    hit = len(p & gold)
+    prec = hit / len(p) if p else 0.0
+    rec = hit / len(gold) if gold else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if hit else 0.0
+    return prec, rec, f1
+
+
+def _norm_ws(s: str) -> str:
+    return " ".join(s.split())
+
+
+def evaluate(name: str, run, sets: dict[str, list[dict]], worst: int = 0) -> dict:
+    res: dict = {"extractor": name}
+    outputs: dict[str, list] = {}
+    t0 = time.perf_counter()
+    n = 0
+    for set_name, rows in sets.items():
+        outputs[set_name] = [run(r["html"], r["url"]) for r in rows]
+        n += len(rows)
+    res["pages"] = n
+    res["seconds"] = time.perf_counter() - t0
+    res["pages_per_s"] = n / res["seconds"]
+
+    art = [(text_f1(o[0], r["gold_text"]), r["id"]) for o, r in zip(outputs["article"], sets["article"])]
+    res["article_text_f1"] = sum(f for f, _ in art) / len(art)
+    rd = sets["readability"]
+    rdf = [(text_f1(o[0], r["gold_text"]), r["id"]) for o, r in zip(outputs["readability"], rd)]
+    res["readability_text_f1"] = sum(f for f, _ in rdf) / len(rdf)
+    prf = [(image_prf(o[1], r["gold_images"]), r["id"]) for o, r in zip(outputs["readability"], rd)]
+    prf = [(x, i) for x, i in prf if x is not None]
+    for k, key in enumerate(("image_precision", "image_recall", "image_f1")):
+        res[f"readability_{key}"] = sum(x[k] for x, _ in prf) / len(prf)
+    found = total_with = avoided = total_without = 0
+    for o, r in zip(outputs["snippets"], sets["snippets"]):
+        text = _norm_ws(o[0])
+        for s in r["with"]:
+            total_with += 1
+            found += _norm_ws(s) in text
+        for s in r["without"]:
+            total_without += 1
+            avoided += _norm_ws(s) not in text
+    res["snippets_with_found"] = found / total_with
+    res["snippets_without_avoided"] = avoided / total_without
+    if worst:
+        res["worst_article"] = sorted(art)[:worst]
+        res["worst_readability"] = sorted(rdf)[:worst]
+        res["worst_images"] = sorted(((x[2], i) for x, i in prf))[:worst]
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "extraction"))
+    ap.add_argument("--no-anchor", action="store_true", help="skip trafilatura (quick quality check of ours)")
+    ap.add_argument("--worst", type=int, default=0, help="list the N worst pages per score")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    sets = load_sets(Path(args.data))
+    results = [evaluate("m3w", ours(ExtractConfig(), LimitsConfig()), sets, args.worst)]
+    if not args.no_anchor:
+        results.append(evaluate("trafilatura 2.3.1 (include_images)", trafilatura_extractor(), sets, args.worst))
+    keys = [k for k in results[0] if k not in ("extractor",) and not k.startswith("worst")]
+    print("| metric | " + " | ".join(r["extractor"] for r in results) + " |")
+    print("| --- |" + " --- |" * len(results))
+    for k in keys:
+        vals = [r[k] for r in results]
+        print(f"| {k} | " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in vals) + " |")
+    if len(results) == 2:
+        print(f"\nspeed ratio m3w / trafilatura: {results[0]['pages_per_s'] / results[1]['pages_per_s']:.1f}x")
+    for r in results:
+        for k in r:
+            if k.startswith("worst"):
+                print(r["extractor"], k, [(round(f, 3), i) for f, i in r[k]])
+    if args.json:
+        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items()} for r in results], indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
