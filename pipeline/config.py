@@ -40,6 +40,7 @@ class ExtractConfig:
     """DOM walk into interleaved text and image nodes (pipeline/extract.py)."""
 
     remove_boilerplate: bool = True  # nav/header/footer/menus/forms/comments/related lists
+    boilerplate_max_share: float = 0.5  # a boilerplate-looking element with more of the page's text than this is kept
     min_text_chars: int = 1  # drop text nodes shorter than this after whitespace collapsing
     keep_alt_text: bool = True
     min_declared_image_side: int | None = 10  # declared width/height below this = tracking pixel/spacer
