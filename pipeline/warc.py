@@ -1,0 +1,970 @@
+"""Read WARC/ARC files into pages, images and counted rejects.
+
+``iter_warc`` streams one file: it never holds more than one record (bounded by
+``LimitsConfig.max_record_bytes``) and yields, in file order,
+
+* ``Page`` for each HTTP 200 ``text/html`` / ``application/xhtml+xml`` response (and HTML
+  ``resource`` records), body decoded to text;
+* ``ImageRecord`` for each HTTP 200 image response or ``resource`` record holding an image
+  (``image/*`` Content-Type, or image bytes behind another type);
+* ``Reject(stage="read")`` for every response, resource or revisit record that is not kept, and for
+  damage in the file (truncated record, bad gzip, bad WARC or HTTP headers, ...).
+
+Records that never carry page content (``warcinfo``, ``request``, ``metadata``, ``conversion``,
+``continuation``) are counted in ``stats`` as ``skipped_<type>`` without a ``Reject`` each: they
+are most of a crawl's records and nothing in them could become a document.
+
+FastWARC is the fast path. warcio reads what FastWARC cannot: ARC files, WARCs whose header lines
+end in a bare LF, and whatever follows the point where FastWARC stops in a damaged file (the reader
+re-reads the file from the last record FastWARC returned, so records after damage are recovered
+where the framing allows it). Per-record gzip offsets are those of the gzip member; for a
+whole-file gzip WARC they are offsets into the decompressed stream.
+"""
+from __future__ import annotations
+
+import codecs
+import collections
+import io
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Union
+
+import apache_beam as beam
+
+from pipeline.config import LimitsConfig
+from pipeline.records import ImageRecord, Page, Reject
+from schemas.document import Provenance
+
+STAGE = "read"
+
+Item = Union[Page, ImageRecord, Reject]
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+# Types under which servers send bytes of any kind; image or HTML bytes behind them are sniffed.
+_GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "application/unknown", "unknown/unknown"})
+_CONTENT_RECORDS = frozenset({"response", "resource", "revisit"})
+_KNOWN_TYPES = frozenset({"warcinfo", "request", "metadata", "conversion", "continuation", "unknown"})
+WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
+
+_HEAD_BYTES = 64 << 10  # first read of a block; enough for HTTP headers and format sniffing
+_META_SCAN_BYTES = 1024  # WHATWG prescan window for <meta charset>
+_MAX_SEEN = 2_000_000  # revisit index entries kept per file (bounds memory on giant files)
+
+
+class InputError(ValueError):
+    """An input pattern matched nothing or a path is missing; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Input matching
+
+
+def match_inputs(patterns: list[str]) -> list[str]:
+    """Expand paths, directories, globs and FileSystems URIs (gs://, s3://) into sorted unique files.
+
+    A directory yields every ``*.warc``, ``*.warc.gz``, ``*.arc`` and ``*.arc.gz`` below it.
+    Raises ``InputError`` naming the first pattern that matched nothing.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    if not patterns:
+        raise InputError("no input given; pass one or more WARC files, directories or globs with --input")
+    found: set[str] = set()
+    for pattern in patterns:
+        matched: list[str] = []
+        if "://" not in pattern and os.path.isdir(pattern):
+            for root, _dirs, files in os.walk(pattern):
+                matched.extend(os.path.join(root, f) for f in files if f.endswith(WARC_SUFFIXES))
+            if not matched:
+                raise InputError(f"directory {pattern} holds no .warc, .warc.gz, .arc or .arc.gz files; point --input at WARC files")
+        else:
+            try:
+                results = FileSystems.match([pattern])
+            except Exception as e:  # Beam raises BeamIOError or ValueError for unknown schemes
+                raise InputError(f"cannot list {pattern}: {str(e).splitlines()[0]}; check the path or URI") from None
+            for res in results:
+                matched.extend(m.path for m in res.metadata_list)
+            if not matched:
+                if any(c in pattern for c in "*?["):
+                    raise InputError(f"pattern {pattern} matched no files; check the glob (quote it so the shell does not expand it)")
+                raise InputError(f"input {pattern} does not exist; check the path")
+        found.update(matched)
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure per-record helpers
+
+
+class HttpError(ValueError):
+    """The HTTP header block of a response record cannot be parsed."""
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_CHARSET_PARAM = re.compile(r"charset\s*=\s*[\"']?([^\s;\"']+)", re.I)
+
+
+def parse_http_headers(block: bytes) -> tuple[int, dict[str, str], int]:
+    """Parse ``HTTP/x.y CODE reason`` and headers at the start of ``block``.
+
+    Returns (status, headers with lower-case names, repeated names joined by ", ", offset of the body).
+    """
+    m = _HEADER_END.search(block)
+    if m is not None:
+        end, sep = m.start(), m.end() - m.start()
+    else:
+        if len(block) < _HEAD_BYTES and block.startswith(b"HTTP/"):
+            end, sep = len(block), 0  # headers only, no body
+        else:
+            raise HttpError("no end of HTTP headers")
+    lines = block[:end].decode("latin-1").split("\n")
+    status_line = lines[0].strip()
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].upper().startswith("HTTP/") or not parts[1].isdigit():
+        raise HttpError(f"bad status line {status_line[:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            continue  # folded or junk header lines carry nothing we use
+        name = name.strip().lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return int(parts[1]), headers, end + sep
+
+
+class ChunkedError(ValueError):
+    """The body claims chunked transfer encoding but is not validly chunked."""
+
+
+def decode_chunked(body: bytes, limit: int | None) -> bytes:
+    """Undo HTTP/1.1 chunked transfer encoding; raises ChunkedError, or OverflowError past ``limit``."""
+    out = []
+    total = 0
+    pos = 0
+    n = len(body)
+    while True:
+        eol = body.find(b"\n", pos)
+        if eol < 0:
+            if pos >= n or not body[pos:].strip():
+                break  # body ends without the last-chunk marker: keep what arrived
+            raise ChunkedError(f"chunk size line cut at byte {pos}")
+        size_txt = body[pos:eol].split(b";", 1)[0].strip()
+        try:
+            size = int(size_txt, 16)
+        except ValueError:
+            if pos == 0:
+                # Many crawlers store the de-chunked body and keep the header; warcio and browsers
+                # read such a body as is.
+                raise NotChunked() from None
+            raise ChunkedError(f"bad chunk size {size_txt[:20]!r} at byte {pos}") from None
+        if size < 0:
+            raise ChunkedError(f"negative chunk size at byte {pos}")
+        if size == 0:
+            break  # trailers (if any) follow; nothing in them is content
+        start = eol + 1
+        if start + size > n:
+            raise ChunkedError(f"chunk of {size} bytes at byte {pos} runs past the record end")
+        total += size
+        if limit is not None and total > limit:
+            raise OverflowError(total)
+        out.append(body[start : start + size])
+        pos = start + size
+        if body.startswith(b"\r\n", pos):
+            pos += 2
+        elif body.startswith(b"\n", pos):
+            pos += 1
+    return b"".join(out)
+
+
+class NotChunked(ChunkedError):
+    """The body labelled chunked does not start with a chunk size: it was stored de-chunked."""
+
+
+class EncodingError(ValueError):
+    """A Content-Encoding could not be undone."""
+
+
+def _bounded_zlib(data: bytes, wbits: int, limit: int | None) -> bytes:
+    d = zlib.decompressobj(wbits)
+    cap = (limit + 1) if limit is not None else 0
+    out = d.decompress(data, cap) if cap else d.decompress(data)
+    if cap and len(out) > limit:
+        raise OverflowError(len(out))
+    if not d.eof:
+        raise EncodingError("compressed body is cut short")
+    return out
+
+
+def decode_content(body: bytes, encoding: str, limit: int | None) -> bytes:
+    """Undo Content-Encoding (gzip, deflate, br; stacked in order); OverflowError when output passes ``limit``.
+
+    A body labelled gzip that carries no gzip magic is taken as already decoded: some crawlers store
+    the decoded bytes and keep the header.
+    """
+    for enc in [e.strip().lower() for e in encoding.split(",") if e.strip()][::-1]:
+        if enc in ("identity", "none", "utf-8", "utf8", "7bit", "8bit", "binary"):
+            continue
+        if enc in ("gzip", "x-gzip"):
+            if not body.startswith(b"\x1f\x8b"):
+                continue
+            try:
+                body = _bounded_zlib(body, 31, limit)
+            except zlib.error as e:
+                raise EncodingError(f"gzip: {e}") from None
+        elif enc == "deflate":
+            try:
+                body = _bounded_zlib(body, 15, limit)
+            except zlib.error:
+                try:
+                    body = _bounded_zlib(body, -15, limit)  # raw deflate, as some servers send it
+                except zlib.error as e:
+                    raise EncodingError(f"deflate: {e}") from None
+        elif enc == "br":
+            body = _brotli(body, limit)
+        else:
+            raise EncodingError(f"unsupported Content-Encoding {enc!r}")
+    return body
+
+
+def _brotli(data: bytes, limit: int | None) -> bytes:
+    import brotli
+
+    d = brotli.Decompressor()
+    step = (limit + 1) if limit is not None else 1 << 30
+    try:
+        out = [d.process(data, output_buffer_limit=step)]
+        total = len(out[0])
+        while not d.is_finished():
+            if limit is not None and total > limit:
+                raise OverflowError(total)
+            more = d.process(b"", output_buffer_limit=step)
+            if not more:
+                break
+            out.append(more)
+            total += len(more)
+    except brotli.error as e:
+        raise EncodingError(f"br: {e}") from None
+    if limit is not None and total > limit:
+        raise OverflowError(total)
+    if not d.is_finished():
+        raise EncodingError("br: compressed body is cut short")
+    return b"".join(out)
+
+
+_IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"\x00\x00\x01\x00", "image/x-icon"),
+)
+
+
+def sniff_image(data: bytes) -> str:
+    """The image MIME type the leading bytes show, or "" when they are not a known raster format."""
+    for magic, mime in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            if mime == "image/bmp" and len(data) < 26:
+                return ""
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
+        return "image/avif" if data[8:11] == b"avi" else "image/heic"
+    return ""
+
+
+_HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)[\s>]", re.I | re.S)
+
+
+def sniff_html(data: bytes) -> bool:
+    """Whether the bytes start like an HTML document (for responses with no or a generic type)."""
+    return bool(_HTML_START.match(data[:1024].lstrip(b"\xef\xbb\xbf")))
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_.:\-]+)""", re.I)
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def _html5_name(label: str) -> str | None:
+    from resiliparse.parse.encoding import map_encoding_to_html5
+
+    return map_encoding_to_html5(label.strip().strip("\"'"), fallback_utf8=False)
+
+
+def decode_html(body: bytes, header_charset: str = "") -> tuple[str, str]:
+    """Bytes to text: BOM, then the HTTP charset, then ``<meta charset>``/http-equiv, then detection.
+
+    Returns (text, "<source>:<encoding>") with source one of bom, header, meta, detected. A declared
+    charset that does not decode the bytes falls through to the next source.
+    """
+    for bom, enc in _BOMS:
+        if body.startswith(bom):
+            return body[len(bom) :].decode(enc, errors="replace"), f"bom:{enc}"
+    if header_charset:
+        enc = _html5_name(header_charset)
+        if enc:
+            try:
+                return body.decode(enc), f"header:{enc}"
+            except (UnicodeDecodeError, LookupError):
+                pass  # mislabelled; try the page's own declaration
+    m = _META_CHARSET.search(body, 0, _META_SCAN_BYTES)
+    if m:
+        enc = _html5_name(m.group(1).decode("ascii", "replace"))
+        if enc:
+            try:
+                return body.decode(enc), f"meta:{enc}"
+            except (UnicodeDecodeError, LookupError):
+                pass
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    enc = detect_encoding(body, max_len=64 << 10)
+    return bytes_to_str(body, enc, errors="replace"), f"detected:{enc}"
+
+
+def _iso_date(value: str) -> str:
+    """WARC-Date (or an ARC 14-digit date) as ISO 8601 UTC; unparseable values are kept as given."""
+    v = value.strip()
+    if not v:
+        return ""
+    if len(v) >= 14 and v[:14].isdigit():
+        try:
+            return datetime.strptime(v[:14], "%Y%m%d%H%M%S").strftime("%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            return v
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return v
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    return dt.isoformat(timespec="seconds") + "Z"
+
+
+def _clean_uri(uri: str) -> str:
+    uri = uri.strip()
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1]  # WARC/0.17 and some WARC/1.1 writers wrap the URI in <>
+    return uri.replace(" ", "%20")
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw records, as the two backends see them
+
+
+@dataclass
+class _Raw:
+    """One WARC record's headers and (for content records) its bytes, read before the reader moves on."""
+
+    rtype: str
+    offset: int
+    length: int
+    content_length: int
+    uri: str = ""
+    date: str = ""
+    record_id: str = ""
+    warc_content_type: str = ""
+    payload_digest: str = ""
+    refers_to_uri: str = ""
+    warc_truncated: str = ""
+    block: bytes | None = None  # None: not read (no content wanted, or over the record limit)
+    short_read: bool = False  # fewer bytes than Content-Length: the file is cut inside this record
+    too_large: bool = False
+    reason: str = ""  # set on a placeholder for damage in the file
+    detail: str = ""
+
+
+class _CountingReader(io.RawIOBase):
+    """Serves ``prefix`` and then ``raw``; counts bytes handed out so the end offset is known."""
+
+    def __init__(self, raw, prefix: bytes = b"", base: int = 0):
+        self._raw = raw
+        self._prefix = prefix
+        self.count = base
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.count
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # FastWARC asks for the position through seek; only no-op seeks are possible on a stream.
+        if (whence == 0 and offset == self.count) or (whence == 1 and offset == 0):
+            return self.count
+        raise io.UnsupportedOperation("seek")
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            if n is None or n < 0:
+                data = self._prefix + self._raw.read()
+                self._prefix = b""
+            else:
+                data = self._prefix[:n]
+                self._prefix = self._prefix[n:]
+        else:
+            data = self._raw.read(n) if n is not None and n >= 0 else self._raw.read()
+        self.count += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _GunzipReader(io.RawIOBase):
+    """Multi-member gunzip over a raw stream, for whole-file gzip WARCs (offsets then are uncompressed)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._d = zlib.decompressobj(31)
+        self._buf = b""
+        self._eof = False
+        self._in_member = False
+        self.truncated = False
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.count
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if (whence == 0 and offset == self.count) or (whence == 1 and offset == 0):
+            return self.count
+        raise io.UnsupportedOperation("seek")
+
+    def read(self, n: int = -1) -> bytes:
+        want = n if n is not None and n >= 0 else 1 << 62
+        while len(self._buf) < want and not self._eof:
+            chunk = self._d.unconsumed_tail or self._raw.read(64 << 10)
+            if not chunk:
+                # A member cut short: hand out what was decoded; the caller reports the damage.
+                self.truncated = self._in_member and not self._d.eof
+                self._eof = True
+                break
+            self._in_member = True
+            self._buf += self._d.decompress(chunk, 256 << 10)
+            if self._d.eof:
+                rest = self._d.unused_data
+                self._d = zlib.decompressobj(31)
+                self._in_member = bool(rest)
+                if rest:
+                    self._buf += self._d.decompress(rest, 256 << 10)
+        out, self._buf = self._buf[:want], self._buf[want:]
+        self.count += len(out)
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _read_full(read: Callable[[int], bytes], n: int) -> bytes:
+    """Read ``n`` bytes or up to EOF (warcio's readers return short reads at buffer edges)."""
+    first = read(n)
+    if len(first) >= n or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < n:
+        more = read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _damage_reason(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if isinstance(exc, (EOFError,)) or "truncat" in text or "end of stream" in text:
+        return "truncated_record"
+    if isinstance(exc, zlib.error) or "gzip" in text or "compress" in text:
+        return "bad_gzip"
+    if "header" in text or "archive format" in text or "warc" in text:
+        return "bad_warc_header"
+    return "read_error"
+
+
+# ---------------------------------------------------------------------------------------------
+# The reader
+
+
+class _FileReader:
+    """State for reading one file: name, limits, counters and the revisit index."""
+
+    def __init__(self, name: str, limits: LimitsConfig, stats: collections.Counter):
+        self.name = name
+        self.limits = limits
+        self.stats = stats
+        self.seen_digests: dict[str, str] = {}
+        self.seen_uris: set[str] = set()
+
+    # -- reading a record's block, shared by both backends ------------------------------------
+
+    def _fill(self, raw: _Raw, read: Callable[[int], bytes]) -> None:
+        """Read the block of a content record (bounded) into ``raw`` before the backend moves on."""
+        if raw.rtype not in ("response", "resource"):
+            return
+        limit = self.limits.max_record_bytes
+        if limit is not None and raw.content_length > limit:
+            raw.too_large = True
+            return
+        head = _read_full(read, min(_HEAD_BYTES, raw.content_length) if raw.content_length >= 0 else _HEAD_BYTES)
+        if len(head) < _HEAD_BYTES or len(head) >= raw.content_length:
+            raw.block = head
+        elif self._wants_body(raw, head):
+            remaining = raw.content_length - len(head)
+            raw.block = head + _read_full(read, remaining)
+        else:
+            raw.block = head  # kind is decided from the head; the rest is never needed
+            raw.content_length = -1  # do not treat the unread rest as a short read
+            return
+        if raw.content_length >= 0 and len(raw.block) < raw.content_length:
+            raw.short_read = True
+
+    def _wants_body(self, raw: _Raw, head: bytes) -> bool:
+        if raw.rtype == "resource" or not head.startswith(b"HTTP/"):
+            ct = raw.warc_content_type.split(";")[0].strip().lower()
+            return ct in HTML_TYPES or ct.startswith("image/") or ct in _GENERIC_TYPES
+        try:
+            _status, headers, body_at = parse_http_headers(head)
+        except HttpError:
+            return False
+        ct = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ct in HTML_TYPES or ct.startswith("image/"):
+            return True
+        if "content-encoding" in headers or "chunked" in headers.get("transfer-encoding", "").lower():
+            return ct in _GENERIC_TYPES or ct == "text/plain"
+        body = head[body_at:]
+        return bool(sniff_image(body)) or (ct in _GENERIC_TYPES and sniff_html(body))
+
+    # -- backends ---------------------------------------------------------------------------
+
+    def read(self, stream) -> Iterator[Item]:
+        """All items of one opened raw stream (the file's bytes as stored)."""
+        seekable = _seekable(stream)
+        prefix = stream.read(4096)
+        head = prefix
+        if prefix[:2] == b"\x1f\x8b":
+            try:
+                head = zlib.decompressobj(31).decompress(prefix, 512)
+            except zlib.error as e:
+                yield self._reject("bad_gzip", Provenance(self.name, 0, -1, ""), detail=str(e))
+                return
+        if not prefix:
+            yield self._reject("empty_file", Provenance(self.name, 0, 0, ""))
+            return
+        first_line = head.split(b"\n", 1)[0]
+        use_fastwarc = first_line.startswith(b"WARC/") and first_line.endswith(b"\r")
+        if seekable:
+            stream.seek(0)
+            reader = _CountingReader(stream)
+        else:
+            reader = _CountingReader(stream, prefix)
+        if use_fastwarc:
+            yield from self._convert_all(self._fastwarc(reader, stream if seekable else None))
+        else:
+            yield from self._convert_all(self._warcio(reader, base=0, skip_offset=None))
+
+    def _convert_all(self, raws: Iterator[_Raw]) -> Iterator[Item]:
+        for raw in raws:
+            yield from self.convert(raw)
+
+    def _fastwarc(self, reader: _CountingReader, seekable_stream, *, gunzip: bool = False, skip: int = 0) -> Iterator[_Raw]:
+        from fastwarc.warc import ArchiveIterator
+
+        pending: _Raw | None = None
+        error: BaseException | None = None
+        emitted = 0
+        source = _GunzipReader(reader) if gunzip else reader
+        try:
+            for rec in ArchiveIterator(source, parse_http=False, strict_mode=False):
+                pos = rec.stream_pos
+                if pending is not None:
+                    if pos <= pending.offset and not gunzip:
+                        # Several records per gzip member: a whole-file gzip. Offsets must be unique,
+                        # so re-read it decompressed ourselves, where offsets are uncompressed.
+                        if seekable_stream is not None:
+                            seekable_stream.seek(0)
+                            yield from self._fastwarc(_CountingReader(seekable_stream), None, gunzip=True, skip=emitted)
+                            return
+                    pending.length = pos - pending.offset
+                    if emitted >= skip:
+                        yield pending
+                    emitted += 1
+                pending = self._raw_from_fastwarc(rec, pos)
+        except _PANIC as e:  # FastWARC raises OSError/ValueError on a bad header, a Rust panic on worse; gunzip EOFError/zlib.error
+            error = e
+        if pending is None and error is None:
+            return
+        if seekable_stream is not None and not gunzip:
+            # Re-read from the last record FastWARC returned with warcio: gives that record's true
+            # length and recovers (or names the damage in) whatever follows where FastWARC stopped.
+            resume = pending.offset if pending is not None else 0
+            seekable_stream.seek(resume)
+            tail = self._warcio(_CountingReader(seekable_stream), base=resume, skip_offset=None)
+            first = next(tail, None)
+            if pending is not None:
+                if first is not None and first.offset == resume and not first.reason:
+                    pending.length = first.length
+                    first = None
+                else:
+                    pending.length = max(reader.count - pending.offset, -1)
+                if emitted >= skip:
+                    yield pending
+            if first is not None:
+                yield first
+            yield from tail
+            return
+        if pending is not None:
+            pending.length = reader.count - pending.offset if error is None else -1
+            if emitted >= skip:
+                yield pending
+        if error is None and gunzip and source.truncated:
+            error = EOFError("gzip stream ends inside a member")
+        if error is not None:
+            at = pending.offset if pending is not None else 0
+            yield _Raw("damage", at, -1, -1, reason=_damage_reason(error), detail=str(error)[:200])
+
+    def _raw_from_fastwarc(self, rec, pos: int) -> _Raw:
+        h = rec.headers
+        rtype = _FASTWARC_TYPES.get(int(rec.record_type), "unknown")
+        raw = _Raw(
+            rtype,
+            pos,
+            -1,
+            rec.content_length,
+            uri=h.get("WARC-Target-URI", "") or "",
+            date=h.get("WARC-Date", "") or "",
+            record_id=h.get("WARC-Record-ID", "") or "",
+        )
+        if rtype in _CONTENT_RECORDS:
+            raw.warc_content_type = h.get("Content-Type", "") or ""
+            raw.payload_digest = h.get("WARC-Payload-Digest", "") or ""
+            raw.warc_truncated = h.get("WARC-Truncated", "") or ""
+            if rtype == "revisit":
+                raw.refers_to_uri = h.get("WARC-Refers-To-Target-URI", "") or ""
+            self._fill(raw, rec.reader.read)
+        return raw
+
+    def _warcio(self, reader: _CountingReader, base: int, skip_offset: int | None) -> Iterator[_Raw]:
+        from warcio.archiveiterator import ArchiveIterator
+
+        last_offset = base
+        try:
+            it = ArchiveIterator(reader, arc2warc=True, no_record_parse=True, check_digests=False)
+            for rec in it:
+                h = rec.rec_headers
+                rtype = rec.rec_type or "unknown"
+                raw = _Raw(
+                    rtype,
+                    -1,
+                    -1,
+                    int(rec.length) if rec.length is not None else -1,
+                    uri=h.get_header("WARC-Target-URI") or "",
+                    date=h.get_header("WARC-Date") or "",
+                    record_id=h.get_header("WARC-Record-ID") or "",
+                )
+                if rtype in _CONTENT_RECORDS:
+                    raw.warc_content_type = h.get_header("Content-Type") or ""
+                    raw.payload_digest = h.get_header("WARC-Payload-Digest") or ""
+                    raw.warc_truncated = h.get_header("WARC-Truncated") or ""
+                    raw.refers_to_uri = h.get_header("WARC-Refers-To-Target-URI") or ""
+                    self._fill(raw, rec.raw_stream.read)
+                it.read_to_end(rec)  # offset and length are known only once the record is consumed
+                raw.offset = last_offset = base + it.get_record_offset()
+                raw.length = it.get_record_length()
+                if skip_offset is not None and offset == skip_offset:
+                    continue  # already returned by the fast path
+                yield raw
+        except _PANIC as e:  # warcio raises ArchiveLoadFailed, zlib.error, EOFError, ValueError...
+            yield _Raw("damage", last_offset, -1, -1, reason=_damage_reason(e), detail=str(e).strip()[:200])
+
+    # -- record → item ------------------------------------------------------------------------
+
+    def _reject(self, reason: str, prov: Provenance, url: str = "", detail: str = "") -> Reject:
+        return Reject.of(STAGE, reason, prov, url=url, detail=detail)
+
+    def convert(self, raw: _Raw) -> Iterator[Item]:
+        """One raw record to at most one Page, ImageRecord or Reject; skipped types only count."""
+        if raw.rtype == "damage":
+            yield self._reject(raw.reason, Provenance(self.name, raw.offset, -1, ""), detail=raw.detail)
+            return
+        self.stats["records"] += 1
+        if raw.rtype not in _CONTENT_RECORDS:
+            self.stats[f"skipped_{raw.rtype if raw.rtype in _KNOWN_TYPES else 'unknown'}"] += 1
+            return
+        url = _clean_uri(raw.uri)
+        prov = Provenance(self.name, raw.offset, raw.length, _iso_date(raw.date), raw.record_id.strip())
+        if raw.rtype == "revisit":
+            yield self._revisit(raw, url, prov)
+            return
+        if raw.too_large:
+            yield self._reject("record_too_large", prov, url, f"{raw.content_length} bytes")
+            return
+        if raw.short_read:
+            yield self._reject("truncated_record", prov, url, f"{len(raw.block or b'')} of {raw.content_length} bytes")
+            return
+        block = raw.block or b""
+        status = 200
+        charset = ""
+        is_http = raw.rtype == "response" and block.startswith(b"HTTP/")
+        if is_http:
+            try:
+                status, headers, body_at = parse_http_headers(block)
+            except HttpError as e:
+                yield self._reject("bad_http_headers", prov, url, str(e))
+                return
+            ctype = headers.get("content-type", "")
+            body = block[body_at:]
+        elif raw.rtype == "response" and url.lower().startswith(("http:", "https:")) and "application/http" in raw.warc_content_type.lower():
+            yield self._reject("bad_http_headers", prov, url, f"block starts {block[:40]!r}")
+            return
+        elif raw.rtype == "response" and "application/http" in raw.warc_content_type.lower():
+            # dns:, whois:, ftp: captures (ARC files label them all HTTP) carry no web page.
+            yield self._reject("not_html_or_image", prov, url, url.split(":", 1)[0] + " record")
+            return
+        else:  # resource records, and ARC/old responses without HTTP headers
+            headers = {}
+            ctype = raw.warc_content_type
+            body = block
+        self._remember(raw, url)
+        mime, _, params = ctype.partition(";")
+        mime = mime.strip().lower()
+        if status != 200:
+            yield self._reject("http_status", prov, url, f"{status} {mime}".strip())
+            return
+        m = _CHARSET_PARAM.search(params)
+        charset = m.group(1) if m else ""
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        encoding = headers.get("content-encoding", "").strip()
+        if encoding.lower() in ("identity", "none"):
+            encoding = ""
+        # Decide the kind from the type before undoing any encoding, so nothing else is decoded.
+        if mime in HTML_TYPES:
+            kind = "html"
+        elif mime.startswith("image/"):
+            kind = "image"
+        elif mime in _GENERIC_TYPES:
+            kind = "sniff"
+        elif not chunked and not encoding and sniff_image(body):
+            kind = "image"  # image bytes behind a wrong type (text/plain, application/x-...)
+        else:
+            yield self._reject("not_html_or_image", prov, url, mime or "no content type")
+            return
+        limit = {"html": self.limits.max_html_bytes, "image": self.limits.max_image_bytes}.get(kind, self.limits.max_record_bytes)
+        if chunked:
+            try:
+                body = decode_chunked(body, self.limits.max_record_bytes)
+            except NotChunked:
+                self.stats["chunked_header_on_plain_body"] += 1
+            except ChunkedError as e:
+                yield self._reject("bad_chunked_encoding", prov, url, str(e))
+                return
+            except OverflowError:
+                yield self._reject("record_too_large", prov, url, "chunked body over max_record_bytes")
+                return
+        if encoding:
+            try:
+                body = decode_content(body, encoding, limit)
+            except OverflowError:
+                reason = {"html": "html_too_large", "image": "image_too_large"}.get(kind, "record_too_large")
+                yield self._reject(reason, prov, url, f"decoded body over {limit} bytes")
+                return
+            except EncodingError as e:
+                yield self._reject("bad_content_encoding", prov, url, str(e))
+                return
+        if kind == "sniff":
+            kind = "image" if sniff_image(body) else ("html" if sniff_html(body) else "")
+            if not kind:
+                yield self._reject("not_html_or_image", prov, url, mime or "no content type")
+                return
+        if kind == "html":
+            if self.limits.max_html_bytes is not None and len(body) > self.limits.max_html_bytes:
+                yield self._reject("html_too_large", prov, url, f"{len(body)} bytes")
+                return
+            text, source = decode_html(body, charset)
+            self.stats["html_pages"] += 1
+            yield Page(url=url, provenance=prov, html=text, charset=source)
+            return
+        if self.limits.max_image_bytes is not None and len(body) > self.limits.max_image_bytes:
+            yield self._reject("image_too_large", prov, url, f"{len(body)} bytes")
+            return
+        if raw.warc_truncated:
+            yield self._reject("truncated_image", prov, url, f"WARC-Truncated: {raw.warc_truncated}")
+            return
+        if not body:
+            yield self._reject("empty_image", prov, url)
+            return
+        self.stats["images"] += 1
+        yield ImageRecord(url=url, provenance=prov, data=body, content_type=sniff_image(body) or mime)
+
+    def _remember(self, raw: _Raw, url: str) -> None:
+        if len(self.seen_uris) >= _MAX_SEEN:
+            return
+        self.seen_uris.add(url)
+        if raw.payload_digest:
+            self.seen_digests.setdefault(raw.payload_digest.strip(), url)
+
+    def _revisit(self, raw: _Raw, url: str, prov: Provenance) -> Reject:
+        digest = raw.payload_digest.strip()
+        original = self.seen_digests.get(digest) if digest else None
+        refers = _clean_uri(raw.refers_to_uri) if raw.refers_to_uri else url
+        if original is None and refers in self.seen_uris:
+            original = refers
+        if original is not None:
+            return self._reject("revisit_duplicate", prov, url, f"original {original}")
+        return self._reject("revisit_unresolved", prov, url, f"original {refers} not in this file")
+
+
+def _panic_type() -> tuple[type[BaseException], ...]:
+    # pyo3 turns a Rust panic inside FastWARC into PanicException, a BaseException subclass.
+    import fastwarc.warc  # noqa: F401  (creates the pyo3_runtime module)
+    import sys
+
+    panic = getattr(sys.modules.get("pyo3_runtime"), "PanicException", None)
+    return (Exception, panic) if panic is not None else (Exception,)
+
+
+_PANIC = _panic_type()
+
+
+def _seekable(stream) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _fastwarc_types() -> dict[int, str]:
+    from fastwarc.warc import WarcRecordType as T
+
+    names = ["warcinfo", "response", "resource", "request", "metadata", "revisit", "conversion", "continuation", "unknown"]
+    return {int(getattr(T, n)): n for n in names}
+
+
+_FASTWARC_TYPES = _fastwarc_types()
+
+
+def iter_warc(
+    path: str,
+    limits: LimitsConfig = LimitsConfig(),
+    *,
+    fileobj=None,
+    filename: str | None = None,
+    stats: collections.Counter | None = None,
+) -> Iterator[Item]:
+    """Stream one WARC/ARC file (local path or any Beam FileSystems URI) into Page, ImageRecord and Reject.
+
+    ``fileobj`` reads from an open binary stream instead of opening ``path``; ``filename`` is the
+    name recorded in provenance (default ``path``). ``stats`` (a Counter) receives ``records``,
+    ``html_pages``, ``images`` and ``skipped_<type>`` counts for records that yield nothing.
+    Never raises for bad input: damage becomes a Reject after every record read before it.
+    """
+    name = filename or path
+    stats = stats if stats is not None else collections.Counter()
+    reader = _FileReader(name, limits, stats)
+    own = fileobj is None
+    try:
+        if own:
+            from apache_beam.io.filesystem import CompressionTypes
+            from apache_beam.io.filesystems import FileSystems
+
+            fileobj = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception as e:  # missing file, permission, unknown scheme: one reject for the file
+        yield Reject.of(STAGE, "unreadable_file", Provenance(name, -1, -1, ""), detail=str(e).splitlines()[0][:200] if str(e) else repr(e))
+        return
+    try:
+        yield from reader.read(fileobj)
+    except _PANIC as e:  # last line of defence: a reader bug must not fail the job
+        yield Reject.of(STAGE, "read_error", Provenance(name, -1, -1, ""), detail=f"{type(e).__name__}: {str(e)[:200]}")
+    finally:
+        if own:
+            fileobj.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam
+
+
+class _ReadWarcFn(beam.DoFn):
+    """path → pages (main), images, rejects; counters under namespace m3w."""
+
+    def __init__(self, limits: LimitsConfig):
+        self._limits = limits
+
+    def setup(self):
+        self._records = beam.metrics.Metrics.counter("m3w", "read.records")
+        self._pages = beam.metrics.Metrics.counter("m3w", "read.html_pages")
+        self._images = beam.metrics.Metrics.counter("m3w", "read.images")
+        self._files = beam.metrics.Metrics.counter("m3w", "read.files")
+        self._by_reason: dict[str, beam.metrics.metric.Metrics.DelegatingCounter] = {}
+
+    def _counter(self, name: str):
+        c = self._by_reason.get(name)
+        if c is None:
+            c = self._by_reason[name] = beam.metrics.Metrics.counter("m3w", f"read.{name}")
+        return c
+
+    def process(self, path: str):
+        stats: collections.Counter = collections.Counter()
+        flushed: collections.Counter = collections.Counter()
+        self._files.inc()
+        for item in iter_warc(path, self._limits, stats=stats):
+            if isinstance(item, Page):
+                yield item
+            elif isinstance(item, ImageRecord):
+                yield beam.pvalue.TaggedOutput("images", item)
+            else:
+                self._counter(f"dropped_{item.reason}").inc()
+                yield beam.pvalue.TaggedOutput("rejects", item)
+            if sum(stats.values()) - sum(flushed.values()) > 1000:
+                self._flush(stats, flushed)
+        self._flush(stats, flushed)
+
+    def _flush(self, stats: collections.Counter, flushed: collections.Counter) -> None:
+        for key, value in stats.items():
+            delta = value - flushed[key]
+            if not delta:
+                continue
+            flushed[key] = value
+            if key == "records":
+                self._records.inc(delta)
+            elif key == "html_pages":
+                self._pages.inc(delta)
+            elif key == "images":
+                self._images.inc(delta)
+            else:
+                self._counter(key).inc(delta)
+
+
+class ReadWarcFiles(beam.PTransform):
+    """PCollection[str path] → DoOutputsTuple: ``pages`` (Page), ``images`` (ImageRecord), ``rejects`` (Reject).
+
+    Paths come from ``match_inputs``; a Reshuffle spreads the files over workers before reading.
+    Counters: ``read.records``, ``read.html_pages``, ``read.images``, ``read.dropped_<reason>`` and
+    ``read.skipped_<record type>`` for records that carry no page content.
+    """
+
+    def __init__(self, limits: LimitsConfig | None = None, label: str | None = None):
+        super().__init__(label)
+        self._limits = limits or LimitsConfig()
+
+    def expand(self, paths):
+        return (
+            paths
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadRecords" >> beam.ParDo(_ReadWarcFn(self._limits)).with_outputs("images", "rejects", main="pages")
+        )
