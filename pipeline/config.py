@@ -170,7 +170,8 @@ class DecontaminationConfig:
     """Evaluation-set decontamination by FAISS nearest neighbours (dedup/eval_index.py)."""
 
     index: str | None = None  # --eval-index PATH
-    max_hamming_distance: int = 10  # 64-bit pHash; calibrated in docs/BENCHMARKS.md
+    feature: str = "phash64"  # ImageNode.phash as the image stage computes it (dedup/phash.py lists others)
+    max_hamming_distance: int = 10  # of `feature`; calibrated in docs/bench/dedup.md
     drop: str = "image"  # "image" | "document"
 
 

@@ -1,0 +1,148 @@
+"""Drop evaluation-set images (or the documents holding them) found in the crawl.
+
+Each resolved image is matched against an evaluation index (dedup/eval_index.py) by the Hamming
+distance of its perceptual hash to the nearest evaluation image; within
+``max_hamming_distance`` it is a match. ``phash64`` comes from ``ImageNode.phash`` as the image
+stage computed it; any other feature is computed here from ``ImageNode.data``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from dedup import phash
+from pipeline.config import DecontaminationConfig
+from pipeline.records import Reject
+from schemas.document import Document, ImageNode
+
+STAGE = "decontaminate"
+
+
+def match_record(doc: Document, img: ImageNode, eval_set: str, eval_id: str, distance: int) -> dict[str, Any]:
+    """One line of the decontamination report."""
+    return {
+        "doc_url": doc.url,
+        "doc_id": doc.doc_id,
+        "image_url": img.url,
+        "image_sha256": img.sha256,
+        "eval_set": eval_set,
+        "eval_image_id": eval_id,
+        "distance": int(distance),
+    }
+
+
+class _DecontaminateFn(beam.DoFn):
+    def __init__(self, index_path: str, cfg: DecontaminationConfig) -> None:
+        if cfg.drop not in ("image", "document"):
+            raise ValueError(f"decontamination.drop must be 'image' or 'document', not {cfg.drop!r}")
+        phash.feature_bits(cfg.feature)
+        self.index_path = index_path
+        self.cfg = cfg
+        self.index = None
+        self.checked = Metrics.counter("m3w", "decontaminate.images_checked")
+        self.matched = Metrics.counter("m3w", "decontaminate.images_matched")
+        self.dropped_image = Metrics.counter("m3w", "decontaminate.dropped_image")
+        self.dropped_doc = Metrics.counter("m3w", "decontaminate.dropped_document")
+        self.unhashed = Metrics.counter("m3w", "decontaminate.images_without_hash")
+        self.undecodable = Metrics.counter("m3w", "decontaminate.images_undecodable")
+
+    def setup(self) -> None:
+        from dedup.eval_index import EvalIndex
+
+        self.index = EvalIndex.load(self.index_path)
+        self.index._feature(self.cfg.feature)  # fail at start-up, not on the first image
+
+    def _codes(self, images: list[ImageNode]) -> tuple[list[int], np.ndarray]:
+        """Positions (in ``images``) that could be hashed, and their codes."""
+        feature = self.cfg.feature
+        pos: list[int] = []
+        codes: list[np.ndarray] = []
+        for i, img in enumerate(images):
+            code = None
+            if feature == "phash64" and img.phash:
+                code = phash.hex_to_code(img.phash)
+            elif img.data:
+                try:
+                    code = phash.compute(feature, phash.decode_rgb(img.data))
+                except (OSError, ValueError):
+                    # The image stage decoded these bytes already; count the oddity, keep the image.
+                    self.undecodable.inc()
+                    continue
+            if code is None:
+                self.unhashed.inc()
+                continue
+            pos.append(i)
+            codes.append(code)
+        if not codes:
+            return pos, np.zeros((0, phash.feature_bits(feature) // 8), dtype=np.uint8)
+        return pos, np.stack(codes)
+
+    def process(self, doc: Document) -> Iterator[Any]:
+        images = [n for n in doc.nodes if isinstance(n, ImageNode)]
+        if not images:
+            yield doc
+            return
+        pos, codes = self._codes(images)
+        self.checked.inc(len(pos))
+        hits: dict[int, tuple[int, str, str]] = {}
+        if len(pos):
+            dist, sets, ids = self.index.search(codes, self.cfg.feature)
+            for j, i in enumerate(pos):
+                if dist[j] <= self.cfg.max_hamming_distance:
+                    hits[id(images[i])] = (int(dist[j]), sets[j], ids[j])
+        if not hits:
+            yield doc
+            return
+        self.matched.inc(len(hits))
+        for img in images:
+            if id(img) in hits:
+                d, s, e = hits[id(img)]
+                yield beam.pvalue.TaggedOutput("matches", match_record(doc, img, s, e, d))
+        if self.cfg.drop == "document":
+            self.dropped_doc.inc()
+            first = next(hits[id(img)] for img in images if id(img) in hits)
+            yield beam.pvalue.TaggedOutput(
+                "rejects",
+                Reject.of(
+                    STAGE,
+                    "document",
+                    doc.provenance,
+                    url=doc.url,
+                    detail=f"{len(hits)} image(s) match evaluation sets; first: {first[1]}/{first[2]} at distance {first[0]}",
+                ),
+            )
+            return
+        kept = []
+        for node in doc.nodes:
+            if isinstance(node, ImageNode) and id(node) in hits:
+                d, s, e = hits[id(node)]
+                self.dropped_image.inc()
+                yield beam.pvalue.TaggedOutput(
+                    "rejects",
+                    Reject.of(STAGE, "image", doc.provenance, url=node.url, detail=f"{s}/{e} at distance {d}; in {doc.url}"),
+                )
+                continue
+            kept.append(node)
+        doc.nodes = kept
+        yield doc
+
+
+class Decontaminate(beam.PTransform):
+    """PCollection[Document] (images resolved: ``phash`` and/or ``data`` set) → tagged
+    ``documents``, ``rejects`` (stage "decontaminate", reason "image" or "document") and
+    ``matches`` (dicts: doc_url, doc_id, image_url, image_sha256, eval_set, eval_image_id,
+    distance). The index is loaded once per worker, in ``DoFn.setup``."""
+
+    def __init__(self, index_path: str, cfg: DecontaminationConfig) -> None:
+        super().__init__()
+        self.index_path = index_path
+        self.cfg = cfg
+
+    def expand(self, docs: beam.PCollection) -> Any:
+        return docs | "MatchEvalImages" >> beam.ParDo(_DecontaminateFn(self.index_path, self.cfg)).with_outputs(
+            "rejects", "matches", main="documents"
+        )
