@@ -213,13 +213,17 @@ def _resolve(base: str, url: str) -> str | None:
 
 _BR = "\ue000"  # a <br> in the text buffer (private-use: never in real text, not whitespace)
 _cls_cache: dict[str, bool] = {}
+_STATE_PREFIXES = ("has-", "is-", "js-", "with-", "no-", "show-", "hide-", "can-")
 
 
 def _boiler_class(cls: str) -> bool:
     """class/id string names a boilerplate block (memoised: pages repeat their class names)."""
     hit = _cls_cache.get(cls)
     if hit is None:
-        hit = _BOILER_CLASS.search(cls) is not None and _CONTENT_CLASS.search(cls) is None
+        # BEM modifiers and state classes ("fig--has-shares", "has-comments") describe the element,
+        # they do not name a boilerplate block.
+        names = [c for c in cls.split() if "--" not in c and not c.startswith(_STATE_PREFIXES)]
+        hit = any(_BOILER_CLASS.search(c) for c in names) and _CONTENT_CLASS.search(cls) is None
         if len(_cls_cache) > 100_000:
             _cls_cache.clear()
         _cls_cache[cls] = hit
@@ -481,11 +485,49 @@ def _select_main(w: _Walk, items: list[tuple]) -> list[bool] | None:
         return None
     for b in score:
         score[b] *= 1 - (llen[b] / tlen[b] if tlen[b] else 0.0)
-    best = max(score, key=score.__getitem__)
-    # Siblings of the best block that score well are part of the article (split article bodies).
-    threshold = max(10.0, score[best] * 0.2)
+    ranked = sorted(score, key=score.__getitem__, reverse=True)
+    best = ranked[0]
+    top = score[best]
+
+    def ancestors(b: int) -> list[int]:
+        out = []
+        while b > 0:
+            out.append(b)
+            b = bparent[b]
+        return out
+
+    # Readability's refinements. An article split into sibling sections leaves several near-equal
+    # candidates: when 3 of the 5 best sit under one ancestor of the winner, that ancestor wins.
+    alternatives = [b for b in ranked[1:5] if score[b] >= 0.75 * top]
+    if len(alternatives) >= 3:
+        alt_anc = [set(ancestors(a)) for a in alternatives]
+        for anc in ancestors(bparent[best]):
+            if sum(anc in s for s in alt_anc) >= 3:
+                best = anc
+                break
+    # Walk up while the parent scores about as well (the winner is one part of a larger body).
+    last = score.get(best, top)
+    p = bparent[best]
+    while p > 0:
+        ps = score.get(p)
+        if ps is not None:
+            if ps < top / 3:
+                break
+            if ps > last:
+                best = p
+                break
+            last = ps
+        p = bparent[p]
+    # Siblings of the winner that score well are part of the article.
+    threshold = max(10.0, score.get(best, top) * 0.2)
     top_parent = bparent[best]
-    chosen = {b for b, s in score.items() if b == best or (bparent[b] == top_parent and s >= threshold)}
+    chosen = {best}
+    bcls = w.bcls
+    for b, s in score.items():
+        if bparent[b] == top_parent and b != best:
+            bonus = score.get(best, top) * 0.2 if bcls[b] and bcls[b] == bcls[best] else 0.0
+            if s + bonus >= threshold:
+                chosen.add(b)
     inside = [False] * n
     for b in range(1, n):
         inside[b] = b in chosen or inside[bparent[b]]
