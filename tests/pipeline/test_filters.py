@@ -1,0 +1,278 @@
+"""Text filter measures on hand-written strings with known values, the chain on small documents,
+and the FilterText Beam composite."""
+from __future__ import annotations
+
+import copy
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import filters as F
+from pipeline.config import Config
+from schemas.document import Document, ImageNode, Provenance, TextNode
+
+STOP = F.load_word_list(F.STOPWORDS_FILE)
+FLAGGED = F.load_word_list(F.FLAGGED_WORDS_FILE)
+
+# Hand-written English paragraphs (ordinary prose, well inside every default threshold).
+EN = [
+    "When we moved to the coast last spring, the first thing we noticed was how much the light changed "
+    "during the day. In the morning it was soft and grey, and by the afternoon the whole harbour seemed to "
+    "shine. We spent most evenings walking along the old sea wall, talking about the house we wanted to build.",
+    "The garden was the hardest part of the move. Nothing that we had grown inland would survive the salt in "
+    "the air, so we asked our neighbours what they planted. They told us to start with grasses and low shrubs, "
+    "and to wait a year before we tried anything that needed shelter from the wind.",
+    "By the end of the summer we had a small vegetable patch behind a fence of driftwood. The tomatoes never "
+    "ripened, but the beans and potatoes did well, and there was always more than the two of us could eat. "
+    "Most of it went to the family next door, who paid us back in fish.",
+]
+FR = [
+    "Quand nous sommes arrivés sur la côte au printemps dernier, la première chose que nous avons remarquée "
+    "était la lumière. Le matin elle était douce et grise, et l'après-midi tout le port semblait briller. "
+    "Nous passions la plupart des soirées à marcher le long de la vieille digue en parlant de la maison.",
+    "Le jardin a été la partie la plus difficile du déménagement. Rien de ce que nous cultivions à "
+    "l'intérieur des terres ne résistait au sel de l'air, alors nous avons demandé conseil à nos voisins, "
+    "qui nous ont dit de commencer par des graminées et des arbustes bas.",
+]
+
+
+def prov(offset: int = 0) -> Provenance:
+    return Provenance("crawl.warc.gz", offset, 100, "2024-05-01T00:00:00Z")
+
+
+def doc(texts: list[str], url: str = "https://example.org/coast", images: int = 1, offset: int = 0) -> Document:
+    nodes: list = [TextNode(t) for t in texts]
+    nodes[1:1] = [ImageNode(f"https://example.org/img{i}.jpg") for i in range(images)]
+    return Document(url=url, provenance=prov(offset), nodes=nodes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures
+
+
+def test_words_lowercase_strip_special_characters_and_fold_apostrophes():
+    assert F.words("Hello, World!  It's 42 ... don’t") == ["hello", "world", "it's", "don't"]
+    assert F.word_count("Hello, World!  It's 42 ... don’t") == 4
+    assert F.words("") == [] and F.words(" \n\t ") == []
+
+
+def test_mean_word_length():
+    assert F.mean_word_length(["ab", "abcd"]) == 3.0
+    assert F.mean_word_length([]) == 0.0
+
+
+def test_special_char_ratio_counts_punctuation_digits_whitespace():
+    assert F.special_char_ratio("ab, c1") == 3 / 6
+    assert F.special_char_ratio("abc") == 0.0
+    assert F.special_char_ratio("—…") == 1.0
+    assert F.special_char_ratio("") == 0.0
+
+
+def test_stopword_and_flagged_word_ratios():
+    assert F.word_ratio(["the", "cat", "sat", "on", "the", "mat"], STOP) == 0.5
+    assert F.word_ratio(F.words("porn site with free porn videos"), FLAGGED) == 2 / 6
+    assert F.word_ratio([], STOP) == 0.0
+
+
+def test_gopher_stop_word_rule_counts_the_eight_words():
+    assert F.gopher_stop_word_count(F.words("The cat and the dog have fun with me")) == 5
+    assert F.gopher_stop_word_count(F.words("Buy cheap shoes now")) == 0
+
+
+def test_symbol_word_ratio_is_max_of_hashes_and_ellipses():
+    assert F.symbol_word_ratio("# a # b ... c", 4) == 0.5
+    assert F.symbol_word_ratio("a … b … c …", 3) == 1.0
+    assert F.symbol_word_ratio("anything", 0) == 0.0
+
+
+def test_bullet_and_ellipsis_line_ratios_ignore_blank_lines():
+    assert F.bullet_lines_ratio("- a\n• b\nc\n\nd") == 0.5
+    assert F.ellipsis_lines_ratio("a...\nb…\nc\n\nd") == 0.5
+    assert F.bullet_lines_ratio("") == 0.0 and F.ellipsis_lines_ratio("\n\n") == 0.0
+
+
+def test_alpha_words_ratio():
+    assert F.alpha_words_ratio("abc 123 a1 --") == 0.5
+    assert F.alpha_words_ratio("") == 0.0
+
+
+def test_char_ngram_repetition_obelics_formula():
+    assert F.char_ngram_repetition("aaaa", 2) == 1.0  # one 2-gram, three times
+    assert F.char_ngram_repetition("abcd", 2) == 0.0  # nothing repeats
+    assert F.char_ngram_repetition("abab", 2) == pytest.approx(2 / 3)  # "ab" x2 of 3 grams
+    # Long texts take the hashed path; same formula: "ababababab" 396 times of 791 10-grams.
+    assert F.char_ngram_repetition("ab" * 400, 10) == pytest.approx(396 / 791)
+    assert F.char_ngram_repetition("short", 10) == 0.0
+
+
+def test_word_ngram_repetition_share_of_repeated_ngrams():
+    assert F.word_ngram_repetition(list("abcabc"), 3) == 0.5  # abc x2 of abc, bca, cab, abc
+    assert F.word_ngram_repetition([f"w{i}" for i in range(200)], 5) == 0.0
+    assert F.word_ngram_repetition([f"w{i % 10}" for i in range(200)], 5) == 1.0
+    assert F.word_ngram_repetition(["a", "b"], 5) == 0.0
+
+
+def test_top_ngram_char_fraction_needs_a_repeat():
+    assert F.top_ngram_char_frac(["a", "b", "a", "b"], 2, 7) == 6 / 7  # "a b" twice, 3 chars each
+    assert F.top_ngram_char_frac(["a", "b", "c"], 2, 5) == 0.0
+    assert F.top_ngram_char_frac([], 2, 0) == 0.0
+
+
+def test_duplicate_ngram_char_fraction_skips_past_each_repeat():
+    # a b | b a | (a b) dup +3, jump 2 | (a b) dup +3
+    assert F.dup_ngram_char_frac(["a", "b", "a", "b", "a", "b"], 2, 11) == 6 / 11
+    assert F.dup_ngram_char_frac(["a", "b", "c", "d"], 2, 7) == 0.0
+
+
+def test_duplicate_lines_and_paragraphs():
+    assert F.duplicates(["x", "y", "x", "x"]) == (2, 2)
+    lines = F.split_lines("a\nb\na\n\nc")
+    assert lines == ["a", "b", "a", "c"] and F.dup_frac(lines) == 0.25
+    paras = F.split_paragraphs("ab\n\ncd\n\nab")
+    assert F.dup_frac(paras) == pytest.approx(1 / 3)
+    assert F.dup_char_frac(paras, 10) == 0.2
+    assert F.split_lines("") == [] and F.dup_frac([]) == 0.0 and F.dup_char_frac([], 0) == 0.0
+
+
+def test_url_blocklists():
+    domains = frozenset(["bad.example.com"])
+    assert F.url_domain_blocked("https://www.Bad.example.com/x", domains) == "bad.example.com"
+    assert F.url_domain_blocked("https://notbad.example.com/x", domains) is None
+    assert F.url_domain_blocked("not a url", domains) is None
+    assert F.url_substring_blocked("http://x.com/Casino/a", ["casino"]) == "casino"
+    assert F.url_substring_blocked("http://x.com/a", ["casino"]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The chain on one document
+
+
+def test_english_document_kept_with_language_and_boilerplate_node_removed():
+    d = doc([EN[0], "Home | About", EN[1], EN[2]])
+    before = copy.deepcopy(d)
+    kept, rejects = F.filter_document(d, Config())
+    assert kept is not None
+    assert kept.texts.count(None) == 1 and "Home | About" not in kept.text
+    assert kept.language == "en" and kept.language_score >= 0.6
+    assert [(r.reason, r.stage) for r in rejects] == [("node_min_words", "text_filter")]
+    assert rejects[0].detail == "2 (min 4, node 2)"  # measured value, threshold, node index
+    assert rejects[0].warc_filename == "crawl.warc.gz" and rejects[0].url == d.url
+    assert d == before  # the input is not modified
+
+
+def test_none_turns_a_check_off():
+    cfg = Config()
+    cfg.text_filters.node_min_words = None
+    kept, rejects = F.filter_document(doc([EN[0], "Home | About", EN[1], EN[2]]), cfg)
+    assert kept is not None and "Home | About" in kept.text and rejects == []
+
+
+def test_french_document_dropped_by_language():
+    kept, rejects = F.filter_document(doc(FR), Config())
+    assert kept is None
+    assert rejects[-1].reason == "language" and rejects[-1].detail.startswith("fr ")
+
+
+def test_language_filter_off_keeps_french_past_language():
+    cfg = Config()
+    cfg.language.keep = None
+    cfg.language.min_score = None
+    kept, rejects = F.filter_document(doc(FR), cfg)
+    assert all(not r.reason.startswith("language") for r in rejects)
+    # The English stop-word rules then empty it: the document falls on its word count.
+    assert kept is None and rejects[-1].reason == "doc_min_words"
+
+
+def test_repetitive_document_dropped_with_measured_value():
+    spam = "Click here to get the best deals on shoes and bags in the whole city today."
+    kept, rejects = F.filter_document(doc([EN[0]] + [spam] * 6), Config())
+    assert kept is None
+    assert rejects[-1].reason == "gopher_max_dup_para_frac"
+    assert rejects[-1].detail == "0.7143 (max 0.3)"  # 5 of 7 paragraphs repeat an earlier one
+
+
+def test_url_blocklists_from_files(tmp_path):
+    (tmp_path / "domains.txt").write_text("# blocked\nexample.org\n")
+    (tmp_path / "subs.txt").write_text("casino\n")
+    cfg = Config()
+    cfg.text_filters.url_domain_blocklist_file = str(tmp_path / "domains.txt")
+    kept, rejects = F.filter_document(doc(EN), cfg)
+    assert kept is None and [(r.reason, r.detail) for r in rejects] == [("url_domain_blocklist", "example.org")]
+    cfg.text_filters.url_domain_blocklist_file = None
+    cfg.text_filters.url_substring_blocklist_file = str(tmp_path / "subs.txt")
+    assert F.filter_document(doc(EN, url="https://x.net/online-CASINO"), cfg)[1][0].reason == "url_substring_blocklist"
+    assert F.filter_document(doc(EN, url="https://x.net/garden"), cfg)[0] is not None
+
+
+def test_flagged_words_file_replaces_bundled_list(tmp_path):
+    (tmp_path / "flagged.txt").write_text("garden\nharbour\ntomatoes\nbeans\n")
+    cfg = Config()
+    cfg.text_filters.flagged_words_file = str(tmp_path / "flagged.txt")
+    kept, rejects = F.filter_document(doc(EN), cfg)
+    assert [r.reason for r in rejects][0] == "node_max_flagged_word_ratio"
+
+
+def test_image_count_reason():
+    cfg = Config()
+    assert F.image_count_reason(doc(EN, images=0), cfg) == "doc_min_images"
+    assert F.image_count_reason(doc(EN, images=31), cfg) == "doc_max_images"
+    assert F.image_count_reason(doc(EN, images=3), cfg) is None
+    cfg.text_filters.doc_min_images = None
+    assert F.image_count_reason(doc(EN, images=0), cfg) is None
+
+
+def test_reject_sampling_is_deterministic():
+    keys = [f"doc{i}" for i in range(2000)]
+    a = [F.keep_sampled(k, 0.1) for k in keys]
+    assert a == [F.keep_sampled(k, 0.1) for k in keys]
+    assert 100 < sum(a) < 300
+    assert all(F.keep_sampled(k, 1.0) for k in keys) and not any(F.keep_sampled(k, 0.0) for k in keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam
+
+
+def _run_filter(cfg: Config, docs: list[Document]):
+    p = TestPipeline()
+    out = p | beam.Create(docs) | "FilterText" >> F.FilterText(cfg)
+    return p, out
+
+
+def test_filter_text_composite_outputs_documents_rejects_and_counters():
+    english = doc([EN[0], "Home | About", EN[1], EN[2]], offset=1)
+    french = doc(FR, url="https://example.fr/cote", offset=2)
+    p, out = _run_filter(Config(), [english, french])
+    assert_that(out.documents | beam.Map(lambda d: (d.doc_id, d.language)), equal_to([(english.doc_id, "en")]), label="Docs")
+    assert_that(
+        out.rejects | beam.Map(lambda r: (r.reason, r.url)),
+        equal_to([("node_min_words", english.url), ("language", french.url)]),
+        label="Rejects",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    counters = {
+        m.key.metric.name: m.committed
+        for m in result.metrics().query(MetricsFilter().with_namespace("m3w"))["counters"]
+        if m.committed
+    }
+    assert counters == {
+        "text_filter.kept": 1,
+        "text_filter.nodes_dropped_node_min_words": 1,
+        "text_filter.dropped_language": 1,
+    }
+
+
+def test_filter_text_samples_node_rejects_but_counts_them():
+    cfg = Config()
+    cfg.output.rejects_sample_rate = 0.0
+    french = doc(FR, url="https://example.fr/cote", offset=2)
+    p, out = _run_filter(cfg, [doc([EN[0], "Home | About", EN[1], EN[2]], offset=1), french])
+    assert_that(out.rejects | beam.Map(lambda r: r.reason), equal_to(["language"]))
+    result = p.run()
+    result.wait_until_finish()
+    q = result.metrics().query(MetricsFilter().with_name("text_filter.nodes_dropped_node_min_words"))["counters"]
+    assert sum(m.committed for m in q) == 1
