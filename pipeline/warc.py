@@ -104,6 +104,8 @@ class HttpError(ValueError):
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_LINE = re.compile(r"^([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?$", re.M)
+_ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _CHARSET_PARAM = re.compile(r"charset\s*=\s*[\"']?([^\s;\"']+)", re.I)
 
 
@@ -120,18 +122,15 @@ def parse_http_headers(block: bytes) -> tuple[int, dict[str, str], int]:
             end, sep = len(block), 0  # headers only, no body
         else:
             raise HttpError("no end of HTTP headers")
-    lines = block[:end].decode("latin-1").split("\n")
-    status_line = lines[0].strip()
+    text = block[:end].decode("latin-1")
+    status_line, _, rest = text.partition("\n")
     parts = status_line.split(None, 2)
     if len(parts) < 2 or not parts[0].upper().startswith("HTTP/") or not parts[1].isdigit():
-        raise HttpError(f"bad status line {status_line[:80]!r}")
+        raise HttpError(f"bad status line {status_line.strip()[:80]!r}")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            continue  # folded or junk header lines carry nothing we use
+    # Lines without a colon (folded or junk) carry nothing we use and do not match.
+    for name, value in _HEADER_LINE.findall(rest):
         name = name.strip().lower()
-        value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return int(parts[1]), headers, end + sep
 
@@ -332,6 +331,8 @@ def decode_html(body: bytes, header_charset: str = "") -> tuple[str, str]:
 def _iso_date(value: str) -> str:
     """WARC-Date (or an ARC 14-digit date) as ISO 8601 UTC; unparseable values are kept as given."""
     v = value.strip()
+    if _ISO_Z.fullmatch(v):
+        return v  # the common case, already canonical
     if not v:
         return ""
     if len(v) >= 14 and v[:14].isdigit():
@@ -639,18 +640,13 @@ class _FileReader:
             yield _Raw("damage", at, -1, -1, reason=_damage_reason(error), detail=str(error)[:200])
 
     def _raw_from_fastwarc(self, rec, pos: int) -> _Raw:
-        h = rec.headers
         rtype = _FASTWARC_TYPES.get(int(rec.record_type), "unknown")
-        raw = _Raw(
-            rtype,
-            pos,
-            -1,
-            rec.content_length,
-            uri=h.get("WARC-Target-URI", "") or "",
-            date=h.get("WARC-Date", "") or "",
-            record_id=h.get("WARC-Record-ID", "") or "",
-        )
-        if rtype in _CONTENT_RECORDS:
+        raw = _Raw(rtype, pos, -1, rec.content_length)
+        if rtype in _CONTENT_RECORDS:  # other records are only counted: skip their header lookups
+            h = rec.headers
+            raw.uri = h.get("WARC-Target-URI", "") or ""
+            raw.date = h.get("WARC-Date", "") or ""
+            raw.record_id = h.get("WARC-Record-ID", "") or ""
             raw.warc_content_type = h.get("Content-Type", "") or ""
             raw.payload_digest = h.get("WARC-Payload-Digest", "") or ""
             raw.warc_truncated = h.get("WARC-Truncated", "") or ""
