@@ -150,24 +150,26 @@ def _usable(url: str | None) -> bool:
     if not url:
         return False
     u = url.strip()
-    return bool(u) and not u.lower().startswith(("data:", "javascript:", "about:", "blob:", "#"))
+    # JSON configs of script loaders ('{"default": ...}') and template placeholders are not URLs.
+    return bool(u) and not u.lower().startswith(("data:", "javascript:", "about:", "blob:", "#", "{", "[", "<"))
 
 
 def image_url(attrs: dict, picture_sources: list[dict] | None = None) -> str | None:
     """The URL a browser (or the page's lazy loader) would show for an ``<img>``, unresolved.
 
-    Lazy-load attributes win over ``src`` (the loader swaps them in); then ``src`` unless it is a
-    placeholder; then the best ``srcset`` candidate; then ``<picture>`` sources; then any
-    ``data-*`` attribute holding an image URL.
+    ``src`` unless it is missing, a ``data:`` URI or a placeholder (OBELICS's and readability's
+    order: it is also the URL crawlers fetch); then the lazy-load attributes a script swaps in;
+    then the best ``srcset`` candidate; then ``<picture>`` sources; then any ``data-*`` attribute
+    holding an image URL.
     """
-    for a in _LAZY_SRC_ATTRS:
-        v = attrs.get(a)
-        if _usable(v):
-            return v.strip()
     src = attrs.get("src")
     src_ok = _usable(src)
     if src_ok and not _PLACEHOLDER.search(src):
         return src.strip()
+    for a in _LAZY_SRC_ATTRS:
+        v = attrs.get(a)
+        if _usable(v):
+            return v.strip()
     for a in ("srcset", *_LAZY_SRCSET_ATTRS):
         v = attrs.get(a)
         if v:
@@ -263,7 +265,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     buf: list[str] = []
     figures: list[list] = []  # [images, caption] per open <figure>
     cur = region = 0
-    link_depth = buf_link = pre_depth = 0
+    link_depth = buf_link = pre_depth = article_depth = 0
     img_unresolved = depth_cut = False
     images_dropped = 0
 
@@ -304,7 +306,9 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         h = _declared_px(attrs.get("height"))
         if (
             url is None
-            or (min_side and ((w is not None and w < min_side) or (h is not None and h < min_side)))
+            # 0 is a common "auto" placeholder for one side; 0x0 and 1..min_side-1 are pixels.
+            or (min_side and ((w is not None and 0 < w < min_side) or (h is not None and 0 < h < min_side)))
+            or (w == 0 and h == 0)
             or any(p in url.lower() for p in patterns)
         ):
             images_dropped += 1
@@ -322,7 +326,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     steps = 0
     while stack:
         entry = stack.pop()
-        if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, <= -2 region
+        if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article, <= -3 region
             if entry >= 0:
                 if buf:
                     flush()
@@ -338,10 +342,12 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 cur = entry
             elif entry == -1:
                 link_depth -= 1
+            elif entry == -2:
+                article_depth -= 1
             else:
                 if buf:
                     flush()
-                region = -2 - entry
+                region = -3 - entry
             continue
         node, depth = entry
         tag = node.tag
@@ -373,14 +379,18 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             if c or i:
                 cls = (f"{c} {i}" if c and i else c or i).lower()
         if boiler and not drop:
-            drop = tag in _BOILER_TAGS or (bool(cls) and tag not in _NEVER_DROP_BY_CLASS and _boiler_class(cls))
+            if tag in _BOILER_TAGS:
+                # An article's own <header> holds its title and lead image, not site chrome.
+                drop = not (tag == "header" and article_depth)
+            else:
+                drop = bool(cls) and tag not in _NEVER_DROP_BY_CLASS and _boiler_class(cls)
         if drop:
             # Walked as a region and decided after the walk: a hidden or boilerplate-looking
             # element holding most of the page is the page (ASP.NET's page-wide <form>, a blog
             # engine's "widget blog", content revealed by script).
             if buf:
                 flush()
-            stack.append(-2 - region)
+            stack.append(-3 - region)
             rparent.append(region)
             region = len(rparent) - 1
         if tag == "img":
@@ -412,6 +422,9 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         elif tag == "a":
             link_depth += 1
             stack.append(-1)
+        if tag == "article" or tag == "main":
+            article_depth += 1
+            stack.append(-2)
         c = node.last_child
         d = depth + 1
         while c is not None:
