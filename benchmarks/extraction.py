@@ -25,7 +25,7 @@ from urllib.parse import urljoin
 from selectolax.lexbor import LexborHTMLParser
 
 from pipeline.config import ExtractConfig, LimitsConfig
-from pipeline.extract import ExtractionError, extract_nodes
+from pipeline.extract import ExtractionError, extract_nodes, parse_srcset
 from pipeline.urls import normalize_url
 from schemas.document import ImageNode, TextNode
 
@@ -56,11 +56,14 @@ def load_sets(root: Path) -> dict[str, list[dict]]:
         if not (case / "source.html").exists():
             continue
         expected = LexborHTMLParser(decode((case / "expected.html").read_bytes()))
-        imgs = set()
+        imgs = []
         for img in expected.css("img"):
-            src = (img.attributes.get("src") or "").strip()
-            if src and not src.startswith("data:"):
-                imgs.add(normalize_url(urljoin(READABILITY_BASE, src)))
+            # An image counts as found when any of its URLs is extracted: src or a srcset candidate.
+            a = img.attributes
+            urls = [(a.get("src") or "").strip()] + [c[0] for c in parse_srcset(a.get("srcset") or "")]
+            urls = {normalize_url(urljoin(READABILITY_BASE, u)) for u in urls if u and not u.startswith("data:")}
+            if urls:
+                imgs.append(urls)
         rows.append(
             {
                 "id": case.name,
@@ -125,14 +128,15 @@ def text_f1(pred: str, gold: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
-def image_prf(pred: list[str], gold: set[str]) -> tuple[float, float, float] | None:
+def image_prf(pred: list[str], gold: list[set[str]]) -> tuple[float, float, float] | None:
+    """Precision over distinct extracted URLs, recall over expected images (each a set of URLs)."""
     p = {normalize_url(u) for u in pred}
     if not p and not gold:
         return None
-    hit = len(p & gold)
-    prec = hit / len(p) if p else 0.0
-    rec = hit / len(gold) if gold else 0.0
-    f1 = 2 * prec * rec / (prec + rec) if hit else 0.0
+    every = set().union(*gold) if gold else set()
+    prec = len(p & every) / len(p) if p else 0.0
+    rec = sum(1 for g in gold if g & p) / len(gold) if gold else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec and rec else 0.0
     return prec, rec, f1
 
 
