@@ -135,16 +135,20 @@ class ImageConfig:
 class FetchConfig:
     """The image fetcher for URLs the crawl lacks (pipeline/fetch.py)."""
 
-    user_agent: str = "m3w-image-fetcher/0.1 (+https://github.com/m3w)"
-    timeout_s: float = 10.0
-    max_bytes: int = 20_000_000
-    retries: int = 2
-    backoff_s: float = 0.5
-    per_host_concurrency: int = 2
-    per_host_rate: float = 4.0  # requests per second per host
-    concurrency: int = 32
-    respect_robots: bool = True
+    user_agent: str = "m3w-image-fetcher/0.1 (+https://github.com/m3w)"  # product token "m3w-image-fetcher" is matched in robots.txt
+    timeout_s: float = 10.0  # per attempt: connect + headers + body (img2dataset default)
+    max_bytes: int = 20_000_000  # body cap; same as images.max_bytes
+    retries: int = 2  # extra attempts on 5xx, 429, timeouts and dropped connections
+    backoff_s: float = 0.5  # wait before retry n is backoff_s * 2**n
+    per_host_concurrency: int = 2  # requests in flight per host
+    per_host_rate: float | None = 4.0  # requests started per second per host (robots.txt and retries included)
+    concurrency: int = 32  # fetch threads per worker
+    respect_robots: bool = True  # robots.txt (RFC 9309) and X-Robots-Tag noai/noimageai/noindex/noimageindex
+    max_crawl_delay_s: float = 10.0  # a robots.txt Crawl-delay above this is capped (slower hosts would stall a worker)
+    max_robots_bytes: int = 500_000  # RFC 9309 asks crawlers to parse at least 500 KiB
+    max_redirects: int = 5  # RFC 9309 / browsers follow at least 5
     allow_private_addresses: bool = False  # only for tests against a loopback server
+    allowed_networks: list[str] | None = None  # CIDRs exempt from the private-address refusal (a test server, an intranet mirror)
 
 
 @dataclass

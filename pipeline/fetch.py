@@ -1,0 +1,685 @@
+"""A polite image fetcher for the image URLs the crawl lacks (``build-m3w build --fetch-images``).
+
+``FetchImages``: ``PCollection[str]`` (absolute image URLs) → ``images`` (``ImageRecord`` whose
+provenance points at the archived WARC response record) + ``rejects`` (stage "fetch").
+
+Politeness and safety, all from ``FetchConfig``:
+- robots.txt (RFC 9309 via protego), fetched once per host per worker and cached; 4xx means
+  no rules, 5xx or unreachable means nothing may be fetched; Crawl-delay is honoured;
+- ``X-Robots-Tag: noai / noimageai / noindex / noimageindex`` drops the image after the headers;
+- per-host concurrency and request rate; URLs are grouped by host so one host is served by one
+  worker at a time, and a worker interleaves hosts instead of waiting on a slow one;
+- a timeout per attempt (connect + headers + body), a byte cap, retries with exponential backoff
+  on 5xx, 429, timeouts and dropped connections;
+- private, loopback, link-local, multicast and reserved addresses are refused after DNS
+  resolution, on every redirect hop, and the connection goes to the address that was checked
+  (no second lookup an attacker's DNS could answer differently).
+
+Fetched images are written as WARC response records (warcio) under ``archive_dir``, one file
+per bundle, written under a temporary name and renamed when complete, so a corpus can be
+rebuilt from the archive without fetching again. Only the standard library, warcio and protego.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import gzip
+import http.client
+import ipaddress
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Callable, Iterable, Iterator
+from urllib.parse import urljoin, urlsplit
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from pipeline.config import FetchConfig
+from pipeline.records import ImageRecord, Reject
+from schemas.document import Provenance
+
+STAGE = "fetch"
+
+#: Every reason a fetch can fail with (the counter is ``fetch.dropped_<reason>``).
+REJECT_REASONS = (
+    "bad_url",  # not http(s), no host, unparsable
+    "robots_disallowed",  # robots.txt forbids our user agent
+    "robots_unavailable",  # robots.txt answered 5xx or could not be fetched: RFC 9309 says stay out
+    "x_robots_tag",  # response header forbids AI use or indexing of the image
+    "private_address",  # host resolves to a private/loopback/link-local/reserved address
+    "dns_error",
+    "timeout",
+    "connection_error",
+    "tls_error",
+    "bad_response",  # not HTTP, broken headers or chunking
+    "too_large",  # Content-Length or body above cfg.max_bytes
+    "too_many_redirects",
+    "http_404",
+    "http_429",
+    "http_4xx",
+    "http_5xx",
+    "content_encoding",  # an encoding we cannot undo
+)
+_RETRYABLE = frozenset({"timeout", "connection_error", "http_5xx", "http_429", "bad_response"})
+_X_ROBOTS_FORBID = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
+# X-Robots-Tag directives that themselves contain a colon (not a user-agent prefix).
+_X_ROBOTS_KEYED = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class FetchResult:
+    """One URL's outcome. ``reason`` is "" on success (status 200, body within the cap)."""
+
+    url: str  # as requested
+    final_url: str = ""  # after redirects
+    reason: str = ""
+    detail: str = ""
+    status: int | None = None
+    reason_phrase: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = field(default=b"", repr=False)
+    ip: str = ""
+    fetched_at: str = ""  # ISO 8601 UTC
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+class _Fail(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def host_key(url: str) -> str:
+    """``scheme://host:port`` — the unit of politeness (robots.txt, rate, concurrency)."""
+    try:
+        p = urlsplit(url)
+        port = p.port or (443 if p.scheme == "https" else 80)
+        return f"{p.scheme}://{(p.hostname or '').lower()}:{port}"
+    except ValueError:
+        return ""
+
+
+def x_robots_forbids(values: Iterable[str], user_agent: str) -> str | None:
+    """The X-Robots-Tag directive that forbids using the image, or None.
+
+    ``values`` are the header values (the header may repeat). A value may start with a crawler
+    name ("otherbot: noindex"), which then applies only to that crawler; ours is the product
+    token of ``user_agent``.
+    """
+    ours = user_agent.split("/", 1)[0].strip().lower()
+    for value in values:
+        v = value.strip().lower()
+        m = re.match(r"^([a-z0-9_.\-]+)\s*:\s*(.*)$", v)
+        if m and m.group(1) not in _X_ROBOTS_KEYED:
+            if m.group(1) not in (ours, "*"):
+                continue
+            v = m.group(2)
+        for token in re.split(r"[,\s]+", v):
+            if token in _X_ROBOTS_FORBID:
+                return token
+    return None
+
+
+def _address_allowed(ip: str, cfg: FetchConfig) -> bool:
+    if cfg.allow_private_addresses:
+        return True
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for net in cfg.allowed_networks or ():
+        if addr in ipaddress.ip_network(net, strict=False):
+            return True
+    return addr.is_global and not addr.is_multicast
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# One HTTP exchange
+
+
+Resolver = Callable[[str, int], list[str]]
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class Fetcher:
+    """Synchronous fetching of one URL with redirects, address checks, robots and the byte cap.
+
+    Thread-safe; the robots.txt cache is shared by the threads of one ``FetchEngine``.
+    """
+
+    def __init__(self, cfg: FetchConfig, resolver: Resolver = system_resolver):
+        self.cfg = cfg
+        self._resolve = resolver
+        self._robots: dict[str, object] = {}  # host key -> Protego | "allow" | ("fail", reason, detail)
+        self._robots_lock = threading.Lock()
+        self._robots_events: dict[str, threading.Event] = {}
+        self._ssl = ssl.create_default_context()
+        self.robots_requests = 0
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _connect(self, url: str) -> tuple[http.client.HTTPConnection, str, str]:
+        """A connection pinned to a checked address, and the request target."""
+        try:
+            p = urlsplit(url)
+            port = p.port or (443 if p.scheme == "https" else 80)
+        except ValueError as e:
+            raise _Fail("bad_url", str(e)) from None
+        if p.scheme not in ("http", "https") or not p.hostname:
+            raise _Fail("bad_url", url[:200])
+        try:
+            addresses = self._resolve(p.hostname, port)
+        except (socket.gaierror, UnicodeError) as e:
+            raise _Fail("dns_error", f"{p.hostname}: {e}") from None
+        if not addresses:
+            raise _Fail("dns_error", f"{p.hostname}: no address")
+        refused = [a for a in addresses if not _address_allowed(a, self.cfg)]
+        if refused:  # one bad answer is enough: a rebinding attacker mixes them
+            raise _Fail("private_address", f"{p.hostname} -> {refused[0]}")
+        ip = addresses[0]
+        timeout = self.cfg.timeout_s
+        if p.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(p.hostname, port, timeout=timeout, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(p.hostname, port, timeout=timeout)
+        # Connect to the address we checked; TLS still verifies the host name (SNI).
+        conn._create_connection = lambda addr, *a, **kw: socket.create_connection((ip, addr[1]), *a, **kw)
+        target = (p.path or "/") + (f"?{p.query}" if p.query else "")
+        return conn, target, ip
+
+    def _get(self, url: str, max_bytes: int, deadline: float) -> FetchResult:
+        """One GET without following redirects. Raises _Fail on transport errors."""
+        conn, target, ip = self._connect(url)
+        try:
+            conn.request(
+                "GET",
+                target,
+                headers={
+                    "User-Agent": self.cfg.user_agent,
+                    "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5",
+                    "Accept-Encoding": "identity",
+                    "Connection": "close",
+                },
+            )
+            resp = conn.getresponse()
+            res = FetchResult(url=url, final_url=url, status=resp.status, reason_phrase=resp.reason,
+                              headers=list(resp.getheaders()), ip=ip, fetched_at=_now_iso())
+            if resp.status != 200:
+                return res
+            length = resp.getheader("Content-Length")
+            if length and length.strip().isdigit() and int(length) > max_bytes:
+                raise _Fail("too_large", f"Content-Length {length} > {max_bytes}")
+            chunks, total = [], 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Fail("timeout", f"body not complete after {self.cfg.timeout_s}s")
+                if conn.sock is not None:
+                    conn.sock.settimeout(left)
+                chunk = resp.read1(_CHUNK) if hasattr(resp, "read1") else resp.read(_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:
+                    raise _Fail("too_large", f"body > {max_bytes} bytes")
+                chunks.append(chunk)
+            res.body = b"".join(chunks)
+            return res
+        except _Fail:
+            raise
+        except (socket.timeout, TimeoutError) as e:
+            raise _Fail("timeout", str(e) or "timed out") from None
+        except ssl.SSLError as e:
+            raise _Fail("tls_error", str(e)) from None
+        except (http.client.HTTPException, ValueError) as e:
+            raise _Fail("bad_response", f"{type(e).__name__}: {e}") from None
+        except OSError as e:
+            raise _Fail("connection_error", f"{type(e).__name__}: {e}") from None
+        finally:
+            conn.close()
+
+    def _get_following(self, url: str, max_bytes: int, check_robots: bool) -> FetchResult:
+        """GET with redirects; every hop is address-checked and (for images) robots-checked."""
+        deadline = time.monotonic() + self.cfg.timeout_s
+        current = url
+        for _hop in range(self.cfg.max_redirects + 1):
+            if check_robots:
+                self._check_robots(current)
+            res = self._get(current, max_bytes, deadline)
+            if res.status in (301, 302, 303, 307, 308):
+                location = dict((k.lower(), v) for k, v in res.headers).get("location")
+                if not location:
+                    return res
+                current = urljoin(current, location.strip())
+                continue
+            res.url = url
+            res.final_url = current
+            return res
+        raise _Fail("too_many_redirects", f"more than {self.cfg.max_redirects} from {url}")
+
+    # -- robots.txt ---------------------------------------------------------------------------
+
+    def _robots_for(self, key: str):
+        with self._robots_lock:
+            if key in self._robots:
+                return self._robots[key]
+            ev = self._robots_events.get(key)
+            owner = ev is None
+            if owner:
+                ev = self._robots_events[key] = threading.Event()
+        if not owner:
+            ev.wait(self.cfg.timeout_s * (self.cfg.max_redirects + 2))
+            with self._robots_lock:
+                return self._robots.get(key, ("fail", "robots_unavailable", "robots.txt fetch did not finish"))
+        try:
+            rules = self._download_robots(key)
+        except _Fail as f:  # the host itself is refused (private address, bad URL)
+            rules = ("fail", f.reason, f.detail)
+        with self._robots_lock:
+            self._robots[key] = rules
+            del self._robots_events[key]
+        ev.set()
+        return rules
+
+    def _download_robots(self, key: str):
+        from protego import Protego
+
+        self.robots_requests += 1
+        try:
+            res = self._get_following(key + "/robots.txt", self.cfg.max_robots_bytes, check_robots=False)
+        except _Fail as f:
+            if f.reason in ("private_address", "bad_url", "dns_error"):
+                raise  # the host itself is refused or does not exist: say so, not "robots"
+            return ("fail", "robots_unavailable", f"robots.txt: {f.reason} {f.detail}")
+        if res.status == 200:
+            return Protego.parse(res.body.decode("utf-8", "replace"))
+        if res.status is not None and 400 <= res.status < 500:
+            return "allow"  # RFC 9309 2.3.1.3: unavailable rules mean no restrictions
+        return ("fail", "robots_unavailable", f"robots.txt: HTTP {res.status}")
+
+    def _check_robots(self, url: str) -> None:
+        if not self.cfg.respect_robots:
+            return
+        rules = self._robots_for(host_key(url))
+        if rules == "allow":
+            return
+        if isinstance(rules, tuple):
+            raise _Fail(rules[1], rules[2])
+        if not rules.can_fetch(url, self.cfg.user_agent):
+            raise _Fail("robots_disallowed", url[:200])
+
+    def crawl_delay(self, key: str) -> float:
+        """robots.txt Crawl-delay for ``key`` if known (capped by cfg.max_crawl_delay_s), else 0."""
+        with self._robots_lock:
+            rules = self._robots.get(key)
+        if rules is None or isinstance(rules, (str, tuple)):
+            return 0.0
+        delay = rules.crawl_delay(self.cfg.user_agent) or 0.0
+        return min(float(delay), self.cfg.max_crawl_delay_s)
+
+    def robots_known(self, key: str) -> bool:
+        with self._robots_lock:
+            return key in self._robots or not self.cfg.respect_robots
+
+    def prefetch_robots(self, key: str) -> None:
+        if self.cfg.respect_robots:
+            self._robots_for(key)
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    def attempt(self, url: str) -> FetchResult:
+        """One attempt at ``url`` (redirects followed); failures come back as ``reason``."""
+        try:
+            res = self._get_following(url, self.cfg.max_bytes, check_robots=True)
+        except _Fail as f:
+            return FetchResult(url=url, final_url=url, reason=f.reason, detail=f.detail, fetched_at=_now_iso())
+        status = res.status or 0
+        if status in (301, 302, 303, 307, 308):
+            res.reason, res.detail = "bad_response", f"HTTP {status} without Location"
+        elif status == 404:
+            res.reason, res.detail = "http_404", res.final_url[:200]
+        elif status == 429:
+            res.reason, res.detail = "http_429", res.final_url[:200]
+        elif 500 <= status < 600:
+            res.reason, res.detail = "http_5xx", f"HTTP {status}"
+        elif status != 200:
+            res.reason, res.detail = "http_4xx", f"HTTP {status}"
+        else:
+            tags = [v for k, v in res.headers if k.lower() == "x-robots-tag"]
+            forbid = x_robots_forbids(tags, self.cfg.user_agent) if self.cfg.respect_robots else None
+            if forbid:
+                res.reason, res.detail, res.body = "x_robots_tag", forbid, b""
+            else:
+                self._decode_content(res)
+        return res
+
+    def _decode_content(self, res: FetchResult) -> None:
+        enc = next((v.strip().lower() for k, v in res.headers if k.lower() == "content-encoding"), "identity")
+        if enc in ("identity", ""):
+            return
+        try:
+            if enc in ("gzip", "x-gzip"):
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif enc == "deflate":
+                d = zlib.decompressobj()
+            else:
+                res.reason, res.detail, res.body = "content_encoding", enc, b""
+                return
+            body = d.decompress(res.body, self.cfg.max_bytes + 1)
+        except (zlib.error, gzip.BadGzipFile) as e:
+            res.reason, res.detail, res.body = "bad_response", f"{enc}: {e}", b""
+            return
+        if len(body) > self.cfg.max_bytes:
+            res.reason, res.detail, res.body = "too_large", f"decoded body > {self.cfg.max_bytes}", b""
+            return
+        res.body = body
+        res.headers = [(k, v) for k, v in res.headers if k.lower() != "content-encoding"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduling many URLs politely
+
+
+@dataclass
+class _Host:
+    key: str
+    queue: collections.deque = field(default_factory=collections.deque)  # (url, attempt, not_before)
+    active: int = 0
+    next_slot: float = 0.0
+    robots_pending: bool = False
+
+
+class FetchEngine:
+    """Fetches many URLs with ``cfg.concurrency`` threads under per-host limits.
+
+    ``submit(url)`` queues; ``results(block)`` yields finished ``FetchResult``s. A host gets at
+    most ``cfg.per_host_concurrency`` requests in flight and starts at most ``cfg.per_host_rate``
+    per second (robots.txt requests and retries included); retries wait ``backoff_s * 2**n``
+    without holding a thread. Threads start on first use and are daemons.
+    """
+
+    def __init__(self, cfg: FetchConfig, resolver: Resolver = system_resolver):
+        self.cfg = cfg
+        self.fetcher = Fetcher(cfg, resolver)
+        self._cv = threading.Condition()
+        self._hosts: collections.OrderedDict[str, _Host] = collections.OrderedDict()
+        self._done: collections.deque[FetchResult] = collections.deque()
+        self._pending = 0
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.retries = 0
+
+    @property
+    def pending(self) -> int:
+        with self._cv:
+            return self._pending
+
+    def submit(self, url: str) -> None:
+        key = host_key(url)
+        with self._cv:
+            host = self._hosts.get(key)
+            if host is None:
+                host = self._hosts[key] = _Host(key)
+            host.queue.append((url, 0, 0.0))
+            self._pending += 1
+            self._cv.notify()
+        if len(self._threads) < self.cfg.concurrency:
+            t = threading.Thread(target=self._work, name=f"m3w-fetch-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def results(self, block: bool = False) -> Iterator[FetchResult]:
+        """Finished results; with ``block`` waits until everything submitted is done."""
+        while True:
+            with self._cv:
+                while block and not self._done and self._pending:
+                    self._cv.wait(0.5)
+                if not self._done:
+                    return
+                res = self._done.popleft()
+            yield res
+
+    def fetch_many(self, urls: Iterable[str]) -> list[FetchResult]:
+        """Fetch all ``urls``; results in input order."""
+        urls = list(urls)
+        for u in urls:
+            self.submit(u)
+        by_url: dict[str, list[FetchResult]] = collections.defaultdict(list)
+        for r in self.results(block=True):
+            by_url[r.url].append(r)
+        return [by_url[u].pop() for u in urls]
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _interval(self, key: str) -> float:
+        rate = self.cfg.per_host_rate
+        base = 1.0 / rate if rate else 0.0
+        return max(base, self.fetcher.crawl_delay(key))
+
+    def _pick(self):
+        """Under the lock: (host, url, attempt, robots_only) ready now, or the seconds to wait."""
+        now = time.monotonic()
+        wait = 1.0
+        for host in self._hosts.values():
+            if not host.queue or host.active >= self.cfg.per_host_concurrency or host.robots_pending:
+                continue
+            url, attempt, not_before = host.queue[0]
+            ready_at = max(host.next_slot, not_before)
+            if ready_at > now:
+                wait = min(wait, ready_at - now)
+                continue
+            if not self.fetcher.robots_known(host.key):
+                host.robots_pending = True
+                host.active += 1
+                host.next_slot = now + self._interval(host.key)
+                return host, None, 0, True
+            host.queue.popleft()
+            host.active += 1
+            host.next_slot = now + self._interval(host.key)
+            self._hosts.move_to_end(host.key)  # round robin across hosts
+            return host, url, attempt, False
+        return wait
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._closed:
+                        return
+                    picked = self._pick()
+                    if not isinstance(picked, float):
+                        break
+                    self._cv.wait(picked)
+            host, url, attempt, robots_only = picked
+            if robots_only:
+                started = time.monotonic()
+                self.fetcher.prefetch_robots(host.key)
+                with self._cv:
+                    host.active -= 1
+                    host.robots_pending = False
+                    # robots.txt may ask for a longer Crawl-delay than our rate
+                    host.next_slot = max(host.next_slot, started + self._interval(host.key))
+                    self._cv.notify_all()
+                continue
+            res = self.fetcher.attempt(url)
+            res.attempts = attempt + 1
+            with self._cv:
+                host.active -= 1
+                if res.reason in _RETRYABLE and attempt < self.cfg.retries:
+                    self.retries += 1
+                    host.queue.appendleft((url, attempt + 1, time.monotonic() + self.cfg.backoff_s * (2**attempt)))
+                else:
+                    self._done.append(res)
+                    self._pending -= 1
+                self._cv.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# WARC archive of fetched responses
+
+
+class WarcArchive:
+    """Appends response records to ``<dir>/fetched-<time>-<id>.warc.gz``; renamed into place on close."""
+
+    def __init__(self, archive_dir: str):
+        self.dir = archive_dir
+        self.path = ""
+        self._fh = None
+        self._writer = None
+
+    def _open(self) -> None:
+        from warcio.warcwriter import WARCWriter
+
+        os.makedirs(self.dir, exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+        self.path = os.path.join(self.dir, f"fetched-{stamp}-{uuid.uuid4().hex[:12]}.warc.gz")
+        self._fh = open(self.path + ".part", "wb")
+        self._writer = WARCWriter(self._fh, gzip=True)
+
+    def write(self, res: FetchResult) -> Provenance:
+        """Write one successful response; returns the provenance of its record."""
+        from warcio.statusandheaders import StatusAndHeaders
+
+        if self._fh is None:
+            self._open()
+        drop = {"transfer-encoding", "content-encoding", "content-length"}
+        headers = [(k, v) for k, v in res.headers if k.lower() not in drop]
+        headers.append(("Content-Length", str(len(res.body))))
+        http_headers = StatusAndHeaders(f"{res.status} {res.reason_phrase}".strip(), headers, protocol="HTTP/1.1")
+        record = self._writer.create_warc_record(
+            res.final_url,
+            "response",
+            payload=BytesIO(res.body),
+            http_headers=http_headers,
+            warc_headers_dict={"WARC-Date": res.fetched_at, "WARC-IP-Address": res.ip},
+        )
+        offset = self._fh.tell()
+        self._writer.write_record(record)
+        self._fh.flush()
+        return Provenance(
+            warc_filename=self.path,
+            warc_record_offset=offset,
+            warc_record_length=self._fh.tell() - offset,
+            capture_date=res.fetched_at,
+            warc_record_id=record.rec_headers.get_header("WARC-Record-ID") or "",
+        )
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            os.replace(self.path + ".part", self.path)
+            self._fh = self._writer = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam
+
+
+class _FetchFn(beam.DoFn):
+    """(host key, [url, ...]) → ImageRecord (main) + Reject (``rejects``)."""
+
+    def __init__(self, cfg: FetchConfig, archive_dir: str):
+        self._cfg = cfg
+        self._archive_dir = archive_dir
+        self._ok = Metrics.counter("m3w", f"{STAGE}.fetched")
+        self._bytes = Metrics.counter("m3w", f"{STAGE}.bytes")
+        self._retries = Metrics.counter("m3w", f"{STAGE}.retries")
+        self._robots = Metrics.counter("m3w", f"{STAGE}.robots_requests")
+        self._dropped = {r: Metrics.counter("m3w", f"{STAGE}.dropped_{r}") for r in REJECT_REASONS}
+
+    def setup(self):
+        self._engine = FetchEngine(self._cfg)  # robots.txt cache lives as long as the worker
+
+    def start_bundle(self):
+        self._archive = WarcArchive(self._archive_dir)
+        self._retries_seen = self._engine.retries
+        self._robots_seen = self._engine.fetcher.robots_requests
+
+    def _emit(self, res: FetchResult):
+        if not res.ok:
+            self._dropped[res.reason].inc()
+            return pvalue.TaggedOutput("rejects", Reject.of(STAGE, res.reason, None, res.url, res.detail))
+        prov = self._archive.write(res)
+        self._ok.inc()
+        self._bytes.inc(len(res.body))
+        ctype = next((v for k, v in res.headers if k.lower() == "content-type"), "")
+        rec = ImageRecord(url=res.url, provenance=prov, data=res.body, content_type=ctype)
+        rec.source = "fetch"  # read by ProcessImages to label the resolved image
+        return rec
+
+    def process(self, element):
+        _, urls = element
+        for url in dict.fromkeys(urls):
+            self._engine.submit(url)
+            while self._engine.pending > 4 * self._cfg.concurrency:  # bound memory per bundle
+                for res in self._engine.results(block=False):
+                    yield self._emit(res)
+                time.sleep(0.01)
+        for res in self._engine.results(block=False):
+            yield self._emit(res)
+
+    def finish_bundle(self):
+        for res in self._engine.results(block=True):
+            out = self._emit(res)
+            if isinstance(out, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+        self._archive.close()
+        self._retries.inc(self._engine.retries - self._retries_seen)
+        self._robots.inc(self._engine.fetcher.robots_requests - self._robots_seen)
+
+    def teardown(self):
+        self._engine.close()
+
+
+class FetchImages(beam.PTransform):
+    """``PCollection[str]`` (absolute image URLs) → ``DoOutputsTuple``: ``images`` (ImageRecord), ``rejects``.
+
+    Duplicate URLs are fetched once. URLs are grouped by host, so each host's politeness limits
+    hold across the whole run, not per worker. Each image's provenance points at its response
+    record in a WARC file under ``archive_dir``.
+    """
+
+    def __init__(self, cfg: FetchConfig = FetchConfig(), archive_dir: str = "fetched"):
+        super().__init__()
+        self._cfg = cfg
+        self._archive_dir = archive_dir
+
+    def expand(self, urls):
+        return (
+            urls
+            | "KeyUrlsByHost" >> beam.Map(lambda u: (host_key(u), u))
+            | "GroupUrlsByHost" >> beam.GroupByKey()
+            | "FetchPolitely" >> beam.ParDo(_FetchFn(self._cfg, self._archive_dir)).with_outputs("rejects", main="images")
+        )

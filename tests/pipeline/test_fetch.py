@@ -1,0 +1,322 @@
+"""The image fetcher against HTTP servers the tests start on 127.0.0.1 (no other network)."""
+from __future__ import annotations
+
+import collections
+import io
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from pipeline.config import FetchConfig
+from pipeline.fetch import FetchEngine, FetchImages, x_robots_forbids
+
+ROBOTS = b"User-agent: *\nDisallow: /private/\n\nUser-agent: m3w-image-fetcher\nDisallow: /private/\nDisallow: /nom3w/\n"
+
+
+def _jpeg(seed: int = 0, size=(96, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+IMAGE = _jpeg()
+
+
+class Server:
+    """A loopback HTTP server with a route per test case; records every request it gets."""
+
+    def __init__(self, robots_status: int = 200):
+        self.robots_status = robots_status
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.times: list[tuple[float, str]] = []
+        self.user_agents: set[str] = set()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # keep test output clean
+                pass
+
+            def _send(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                if not any(k.lower() == "content-length" for k, _ in headers):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                with lock:
+                    outer.hits[path] += 1
+                    outer.times.append((time.monotonic(), path))
+                    outer.user_agents.add(self.headers.get("User-Agent", ""))
+                    n = outer.hits[path]
+                img = [("Content-Type", "image/jpeg")]
+                if path == "/robots.txt":
+                    return self._send(outer.robots_status, ROBOTS if outer.robots_status == 200 else b"")
+                if path.startswith(("/img/", "/private/", "/nom3w/", "/rate/")):
+                    return self._send(200, IMAGE, img)
+                if path == "/noai.jpg":
+                    return self._send(200, IMAGE, img + [("X-Robots-Tag", "noindex, noai")])
+                if path == "/otherbot-noai.jpg":
+                    return self._send(200, IMAGE, img + [("X-Robots-Tag", "otherbot: noimageai")])
+                if path == "/slow.jpg":
+                    time.sleep(1.0)
+                    return self._send(200, IMAGE, img)
+                if path == "/drip.jpg":  # headers at once, then a byte every 100 ms
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    for _ in range(100):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                    return None
+                if path == "/big.jpg":
+                    return self._send(200, IMAGE * 100, img)
+                if path == "/big-unannounced.jpg":  # no Content-Length: the cap must hold while reading
+                    self.send_response(200)
+                    self.end_headers()
+                    for _ in range(100):
+                        self.wfile.write(IMAGE)
+                    return None
+                if path == "/404.jpg":
+                    return self._send(404, b"not here")
+                if path == "/500.jpg":
+                    return self._send(500, b"oops")
+                if path == "/flaky.jpg":
+                    return self._send(503, b"busy") if n == 1 else self._send(200, IMAGE, img)
+                if path == "/redirect-ok.jpg":
+                    return self._send(302, b"", [("Location", "/img/target.jpg")])
+                if path == "/redirect-private.jpg":
+                    return self._send(302, b"", [("Location", "http://169.254.169.254/latest/meta-data/")])
+                if path == "/redirect-loopback.jpg":
+                    return self._send(302, b"", [("Location", f"http://127.0.0.2:{outer.port}/img/a.jpg")])
+                if path == "/redirect-loop.jpg":
+                    return self._send(302, b"", [("Location", "/redirect-loop.jpg")])
+                return self._send(404, b"")
+
+        lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def cfg(**kw) -> FetchConfig:
+    """Fast settings for tests; the loopback server is allowed by network, not by a blanket switch."""
+    base = dict(timeout_s=0.4, retries=2, backoff_s=0.05, per_host_rate=None, per_host_concurrency=4,
+                concurrency=8, allowed_networks=["127.0.0.1/32"])
+    base.update(kw)
+    return FetchConfig(**base)
+
+
+def fetch(urls, config=None, resolver=None):
+    engine = FetchEngine(config or cfg(), **({"resolver": resolver} if resolver else {}))
+    try:
+        return engine.fetch_many(urls)
+    finally:
+        engine.close()
+
+
+def test_images_are_fetched_with_our_user_agent(server):
+    (res,) = fetch([server.base + "/img/a.jpg"])
+    assert res.ok and res.status == 200 and res.body == IMAGE and res.ip == "127.0.0.1"
+    assert server.user_agents == {FetchConfig().user_agent}
+    assert server.hits["/robots.txt"] == 1
+
+
+def test_robots_txt_disallow_is_honoured_and_fetched_once(server):
+    urls = [server.base + p for p in ("/private/a.jpg", "/nom3w/b.jpg", "/img/c.jpg", "/img/d.jpg")]
+    got = [(r.reason or "ok") for r in fetch(urls)]
+    assert got == ["robots_disallowed", "robots_disallowed", "ok", "ok"]
+    assert server.hits["/private/a.jpg"] == server.hits["/nom3w/b.jpg"] == 0
+    assert server.hits["/robots.txt"] == 1
+    # respect_robots off fetches everything
+    assert all(r.ok for r in fetch(urls[:2], cfg(respect_robots=False)))
+
+
+def test_robots_txt_server_error_means_stay_out_and_404_means_no_rules():
+    down = Server(robots_status=503)
+    missing = Server(robots_status=404)
+    try:
+        (a,) = fetch([down.base + "/img/a.jpg"])
+        (b,) = fetch([missing.base + "/img/a.jpg"])
+    finally:
+        down.close()
+        missing.close()
+    assert a.reason == "robots_unavailable" and down.hits["/img/a.jpg"] == 0
+    assert b.ok
+
+
+def test_x_robots_tag_noai_drops_the_image(server):
+    noai, other = fetch([server.base + "/noai.jpg", server.base + "/otherbot-noai.jpg"])
+    assert (noai.reason, noai.detail, noai.body) == ("x_robots_tag", "noindex", b"")
+    assert other.ok  # addressed to another crawler
+
+
+def test_x_robots_tag_parsing():
+    ua = "m3w-image-fetcher/0.1"
+    assert x_robots_forbids(["noimageai"], ua) == "noimageai"
+    assert x_robots_forbids(["max-image-preview:large, noimageindex"], ua) == "noimageindex"
+    assert x_robots_forbids(["m3w-image-fetcher: noai"], ua) == "noai"
+    assert x_robots_forbids(["googlebot: noindex", "nofollow"], ua) is None
+    assert x_robots_forbids(["unavailable_after: 25 Jun 2010 15:00:00 PST"], ua) is None
+
+
+def test_slow_responses_time_out_and_are_retried(server):
+    t = time.monotonic()
+    slow, drip = fetch([server.base + "/slow.jpg", server.base + "/drip.jpg"], cfg(retries=1))
+    elapsed = time.monotonic() - t
+    assert (slow.reason, drip.reason) == ("timeout", "timeout")
+    assert slow.attempts == drip.attempts == 2 and server.hits["/slow.jpg"] == 2
+    assert elapsed < 2.5  # a dripping body is cut at the per-attempt deadline, not per byte
+
+
+def test_oversized_bodies_are_cut_at_the_byte_cap(server):
+    big, unannounced = fetch([server.base + "/big.jpg", server.base + "/big-unannounced.jpg"], cfg(max_bytes=len(IMAGE) * 10))
+    assert big.reason == "too_large" and "Content-Length" in big.detail
+    assert unannounced.reason == "too_large" and unannounced.body == b""
+
+
+def test_404_is_final_and_500_is_retried_with_backoff(server):
+    t = time.monotonic()
+    nf, err, flaky = fetch([server.base + p for p in ("/404.jpg", "/500.jpg", "/flaky.jpg")], cfg(retries=2, backoff_s=0.1))
+    elapsed = time.monotonic() - t
+    assert (nf.reason, nf.attempts, server.hits["/404.jpg"]) == ("http_404", 1, 1)
+    assert (err.reason, err.attempts, server.hits["/500.jpg"]) == ("http_5xx", 3, 3)
+    assert flaky.ok and flaky.attempts == 2 and flaky.body == IMAGE
+    assert elapsed >= 0.1 + 0.2  # backoff 0.1 then 0.2 before the third attempt
+
+
+def test_redirects_are_followed_and_each_hop_is_checked(server):
+    ok, meta, loop, loopback = fetch(
+        [server.base + p for p in ("/redirect-ok.jpg", "/redirect-private.jpg", "/redirect-loop.jpg", "/redirect-loopback.jpg")]
+    )
+    assert ok.ok and ok.final_url == server.base + "/img/target.jpg" and ok.url == server.base + "/redirect-ok.jpg"
+    assert meta.reason == "private_address" and "169.254.169.254" in meta.detail
+    assert loop.reason == "too_many_redirects"
+    assert loopback.reason == "private_address"  # 127.0.0.2 is outside the allowed 127.0.0.1/32
+    # Allowed, the hop is attempted; nothing listens on 127.0.0.2, so that host's robots.txt is
+    # unreachable (RFC 9309: stay out), and without robots the image request itself fails.
+    (hop,) = fetch([server.base + "/redirect-loopback.jpg"], cfg(allow_private_addresses=True))
+    assert hop.reason == "robots_unavailable"
+    (hop,) = fetch([server.base + "/redirect-loopback.jpg"], cfg(allow_private_addresses=True, respect_robots=False))
+    assert hop.reason == "connection_error"
+
+
+def test_private_addresses_are_refused_after_dns_resolution(server):
+    (direct,) = fetch([server.base + "/img/a.jpg"], cfg(allowed_networks=None))
+    assert direct.reason == "private_address"
+    assert server.hits["/img/a.jpg"] == 0 and server.hits["/robots.txt"] == 0
+
+    def resolver(host, port):  # stands in for DNS: a public-looking name that points inside
+        if host == "images.example.com":
+            return ["127.0.0.1"]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    url = f"http://images.example.com:{server.port}/img/a.jpg"
+    rebound, unknown = fetch([url, "http://no-such-host.invalid/a.jpg"], cfg(allowed_networks=None), resolver)
+    assert rebound.reason == "private_address" and unknown.reason == "dns_error"
+    (allowed,) = fetch([url], cfg(), resolver)
+    assert allowed.ok and allowed.ip == "127.0.0.1"
+    (bad,) = fetch(["ftp://example.com/a.jpg"])
+    assert bad.reason == "bad_url"
+
+
+def test_per_host_rate_limit_is_observed(server):
+    rate = 10.0
+    urls = [f"{server.base}/rate/{i}.jpg" for i in range(6)]
+    t = time.monotonic()
+    got = fetch(urls, cfg(per_host_rate=rate, per_host_concurrency=4))
+    elapsed = time.monotonic() - t
+    assert all(r.ok for r in got)
+    starts = sorted(ts for ts, path in server.times)  # robots.txt + 6 images
+    gaps = np.diff(starts)
+    assert len(starts) == 7
+    assert gaps.min() >= 1 / rate - 0.02, gaps
+    assert elapsed >= 6 / rate - 0.05
+
+
+def test_per_host_concurrency_is_observed(server):
+    # /slow.jpg holds the connection for 1 s; with 2 per host, 4 requests need two rounds.
+    urls = [f"{server.base}/slow.jpg?{i}" for i in range(4)]
+    t = time.monotonic()
+    got = fetch(urls, cfg(per_host_concurrency=2, timeout_s=3.0, retries=0))
+    assert all(r.ok for r in got)
+    assert time.monotonic() - t >= 2.0
+
+
+def test_fetch_images_archives_responses_as_warc(server, tmp_path):
+    from warcio.archiveiterator import ArchiveIterator
+
+    urls = [server.base + p for p in ("/img/a.jpg", "/img/b.jpg", "/redirect-ok.jpg", "/404.jpg", "/private/x.jpg", "/noai.jpg")]
+    archive = str(tmp_path / "fetched")
+    p = TestPipeline()
+    out = p | beam.Create(urls + urls[:2]) | FetchImages(cfg(), archive)
+    assert_that(
+        out.rejects | "Reasons" >> beam.Map(lambda r: (r.stage, r.reason, r.url)),
+        equal_to([
+            ("fetch", "http_404", server.base + "/404.jpg"),
+            ("fetch", "robots_disallowed", server.base + "/private/x.jpg"),
+            ("fetch", "x_robots_tag", server.base + "/noai.jpg"),
+        ]),
+        label="Rejects",
+    )
+
+    assert_that(out.images | "Urls" >> beam.Map(lambda r: r.url), equal_to(urls[:3]), label="Images")
+    provenance = tmp_path / "provenance.txt"
+
+    def save(recs, path=str(provenance)):  # runs in the pipeline; the checks follow the run
+        with open(path, "w") as f:
+            for r in recs:
+                prov = r.provenance
+                f.write(f"{r.url}\t{getattr(r, 'source', None)}\t{prov.warc_filename}\t{prov.warc_record_offset}\t"
+                        f"{prov.warc_record_length}\t{prov.warc_record_id}\t{r.data.hex()}\n")
+
+    _ = out.images | "AllImages" >> beam.combiners.ToList() | "Save" >> beam.Map(save)
+    result = p.run()
+    result.wait_until_finish()
+    files = sorted(os.listdir(archive))
+    assert files and all(f.endswith(".warc.gz") for f in files)  # no temporary names left
+    rows = [line.split("\t") for line in provenance.read_text().splitlines()]
+    assert len(rows) == 3
+    for url, source, filename, offset, length, record_id, data in rows:
+        assert source == "fetch" and bytes.fromhex(data) == IMAGE
+        with open(filename, "rb") as f:
+            f.seek(int(offset))
+            raw = f.read(int(length))
+        rec = next(iter(ArchiveIterator(io.BytesIO(raw))))
+        assert rec.rec_type == "response" and rec.content_stream().read() == IMAGE
+        assert rec.rec_headers.get_header("WARC-Record-ID") == record_id
+        assert rec.rec_headers.get_header("WARC-Target-URI").endswith("/img/" + url.rsplit("/", 1)[-1].replace("redirect-ok", "target"))
+    c = {m.key.metric.name: m.committed for m in result.metrics().query(MetricsFilter().with_namespace("m3w"))["counters"]}
+    assert c["fetch.fetched"] == 3 and c["fetch.bytes"] == 3 * len(IMAGE)
+    assert c["fetch.dropped_http_404"] == 1 and c["fetch.dropped_robots_disallowed"] == 1
+    assert server.hits["/img/a.jpg"] == 1  # duplicates fetched once
