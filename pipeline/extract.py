@@ -215,6 +215,7 @@ def _resolve(base: str, url: str) -> str | None:
 
 _BR = "\ue000"  # a <br> in the text buffer (private-use: never in real text, not whitespace)
 _cls_cache: dict[str, bool] = {}
+_EXPAND = True
 _STATE_PREFIXES = ("has-", "is-", "js-", "with-", "no-", "show-", "hide-", "can-")
 
 
@@ -531,16 +532,26 @@ def _select_main(w: _Walk, items: list[tuple]) -> list[bool] | None:
                 break
             last = ps
         p = bparent[p]
-    # Siblings of the winner that score well are part of the article.
-    threshold = max(10.0, score.get(best, top) * 0.2)
-    top_parent = bparent[best]
-    chosen = {best}
+    # Siblings of the winner that score well are part of the article; so are those of its
+    # ancestors that still hold a third of the winner's score (an article split into sections).
+    best_score = score.get(best, top)
+    threshold = max(10.0, best_score * 0.2)
     bcls = w.bcls
-    for b, s in score.items():
-        if bparent[b] == top_parent and b != best:
-            bonus = score.get(best, top) * 0.2 if bcls[b] and bcls[b] == bcls[best] else 0.0
-            if s + bonus >= threshold:
-                chosen.add(b)
+    levels = [best]
+    p = bparent[best]
+    while _EXPAND and p > 0 and score.get(p, 0.0) >= best_score / 3:
+        levels.append(p)
+        p = bparent[p]
+    chosen = {best}
+    for lv in levels:
+        lp = bparent[lv]
+        for b, s in score.items():
+            if bparent[b] == lp and b != lv:
+                same_class = bool(bcls[b]) and bcls[b] == bcls[lv]
+                if lv != best and not same_class:
+                    continue  # above the winner only repeated sections count
+                if s + (best_score * 0.2 if same_class else 0.0) >= threshold:
+                    chosen.add(b)
     inside = [False] * n
     for b in range(1, n):
         inside[b] = b in chosen or inside[bparent[b]]
