@@ -17,27 +17,12 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import Config
 from pipeline.records import Reject
 from schemas.document import Document, ImageNode
 
 REJECTS_DIR = "rejects"
-
-
-class M3WOptions(PipelineOptions):
-    """build-m3w's own flags; everything else on the command line is a Beam runner option."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument("--input", nargs="+", action="extend", default=[], help="WARC/ARC files, directories, globs or URIs")
-        parser.add_argument("--output", help="output directory (local path or any Beam FileSystem URI)")
-        parser.add_argument("--format", default=None, help="comma-separated output formats: wds,parquet")
-        parser.add_argument("--shard-size", dest="shard_size", type=int, default=None, help="documents per shard")
-        parser.add_argument("--config", dest="m3w_config", default=None, help="YAML config (default: the bundled m3w.yaml)")
-        parser.add_argument("--eval-index", dest="eval_index", default=None, help="FAISS evaluation-set index to decontaminate against")
-        parser.add_argument("--fetch-images", dest="fetch_images", action="store_true", help="fetch images the crawl lacks")
 
 
 class FinalizeDocuments(beam.PTransform):

@@ -58,14 +58,33 @@ def _default_runner_args(argv: list[str]) -> list[str]:
     workers = os.cpu_count() or 1
     if workers == 1:
         return ["--runner=DirectRunner"]
-    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    # Worker processes log their start-up chatter at INFO/WARNING; errors still come through.
+    return [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={workers}",
+        "--default_sdk_harness_log_level=ERROR",
+    ]
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """build-m3w build's own flags; everything else on the command line is a Beam pipeline option."""
+    parser = argparse.ArgumentParser(prog="build-m3w build", add_help=False)
+    parser.add_argument("--input", nargs="+", action="extend", default=[], help="WARC/ARC files, directories, globs or URIs")
+    parser.add_argument("--output", help="output directory (local path or any Beam FileSystem URI)")
+    parser.add_argument("--format", default=None, help="comma-separated output formats: wds,parquet")
+    parser.add_argument("--shard-size", dest="shard_size", type=int, default=None, help="documents per shard")
+    parser.add_argument("--config", dest="m3w_config", default=None, help="YAML config (default: the bundled m3w.yaml)")
+    parser.add_argument("--eval-index", dest="eval_index", default=None, help="FAISS evaluation-set index")
+    parser.add_argument("--fetch-images", dest="fetch_images", action="store_true", help="fetch images the crawl lacks")
+    return parser
 
 
 def run_build(argv: list[str]) -> dict[str, Any]:
     """Run the build pipeline; returns the report. Raises UserError for user mistakes."""
     import apache_beam as beam
 
-    from pipeline.build import M3WOptions, build_pipeline
+    from pipeline.build import build_pipeline
     from pipeline.config import ConfigError, dump_config, load_config
     from pipeline.report import build_report, counters_from_result, format_report, write_report
     from pipeline.shards import atomic_write
@@ -79,9 +98,9 @@ def run_build(argv: list[str]) -> dict[str, Any]:
             "or --runner FlinkRunner --flink_master HOST:PORT. Default: Beam's local runner on all cores."
         )
         return {}
-    argv = argv + _default_runner_args(argv)
-    options = PipelineOptionsFor(argv)
-    app = options.view_as(M3WOptions)
+    app, beam_args = build_arg_parser().parse_known_args(argv)
+    beam_args += _default_runner_args(beam_args)
+    options = PipelineOptionsFor(beam_args)
     if not app.input:
         raise UserError("no input given; pass --input with WARC files, directories or globs")
     if not app.output:
@@ -200,9 +219,19 @@ def run_extract(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+class _BeamImportNoise(logging.Filter):
+    """Beam warns on import when its optional GCP clients are absent; local runs don't need them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_BeamImportNoise())
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # runner internals; our errors still raise
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2

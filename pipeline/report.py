@@ -47,7 +47,7 @@ def build_report(counters: dict[str, int], **extra: Any) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = ["m3w funnel"]
-    width = max(len(r["stage"]) for r in report["funnel"])
+    width = max([len(r["stage"]) for r in report["funnel"]] + [len(f"{s}.{r}") for s, rs in report["dropped"].items() for r in rs])
     for row in report["funnel"]:
         lines.append(f"  {row['stage']:<{width}}  {row['count']:>10,}")
     if report["dropped"]:
