@@ -1,0 +1,289 @@
+"""``build-m3w explain``: every text filter's measured value, threshold and verdict, node by node
+and for the document — the tool for tuning ``text_filters`` and ``language`` in the config.
+
+    build-m3w explain --input crawl.warc.gz --url https://example.org/page
+    build-m3w explain --input page.html --url https://example.org/page --config my.yaml
+    build-m3w explain --input docs.jsonl --json        # lines from `build-m3w extract`
+
+Unlike the pipeline, which stops at the first failing check, explain measures everything, so a
+user sees how far each value is from its threshold. The verdict is the pipeline's: the same checks
+in the same order as ``pipeline.filters.filter_document``.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+from typing import Any, Iterator
+
+from pipeline import filters as F
+from pipeline import langid
+from pipeline.config import Config, ConfigError, load_config
+from schemas.document import Document, ImageNode, Provenance, TextNode, from_json
+
+USAGE = "build-m3w explain --input WARC_OR_HTML_OR_JSONL [--url URL] [--config FILE] [--json]"
+
+
+class ExplainError(Exception):
+    """A user mistake; the message is one line saying what to fix."""
+
+
+def _measure(checks: list[F.Check], text: str) -> list[dict[str, Any]]:
+    stats = F.TextStats(text)
+    out = []
+    for c in checks:
+        v = c.measure(stats)
+        out.append({"filter": c.name, "value": v, "bound": c.bound, "threshold": c.threshold, "pass": c.passes(v)})
+    return out
+
+
+def explain_document(doc: Document, cfg: Config) -> dict[str, Any]:
+    """Every measure of ``doc`` against ``cfg``: a JSON-ready dict with ``verdict`` ("kept" or
+    "dropped"), ``reason`` (the first failing filter, as in ``filter_document``), ``url``,
+    ``language``, ``nodes`` (per node: its checks and verdict) and ``document`` (checks on the text
+    left after node filtering), and ``images`` (the image-count rule, applied after images are
+    resolved)."""
+    tf = cfg.text_filters
+    reason: str | None = None
+    detail = ""
+
+    blocked = F.url_block_reason(doc.url, tf)
+    url_info = {
+        "domain_blocklist": tf.url_domain_blocklist_file,
+        "substring_blocklist": tf.url_substring_blocklist_file,
+        "blocked": blocked[1] if blocked else None,
+        "pass": blocked is None,
+    }
+    if blocked:
+        reason, detail = blocked
+
+    lang, score = langid.detect([t for t in doc.texts if t], cfg.language.detector)
+    lang_reason = F.language_reason(lang, score, cfg.language)
+    language = {
+        "detected": lang,
+        "score": round(score, 4),
+        "keep": cfg.language.keep,
+        "min_score": cfg.language.min_score,
+        "detector": cfg.language.detector,
+        "pass": lang_reason is None,
+    }
+    if reason is None and lang_reason:
+        reason, detail = lang_reason, f"{lang or 'none'} {score:.3f}"
+
+    node_checks = F.node_checks(tf)
+    nodes, kept_texts = [], []
+    for i, node in enumerate(doc.nodes):
+        if isinstance(node, ImageNode):
+            nodes.append({"index": i, "type": "image", "url": node.url, "verdict": "kept"})
+            continue
+        checks = _measure(node_checks, node.text)
+        failed = next((c for c in checks if not c["pass"]), None)
+        nodes.append(
+            {
+                "index": i,
+                "type": "text",
+                "text": node.text,
+                "checks": checks,
+                "verdict": "dropped" if failed else "kept",
+                "reason": failed["filter"] if failed else None,
+            }
+        )
+        if not failed:
+            kept_texts.append(node.text)
+
+    doc_checks = _measure(F.doc_checks(tf), "\n\n".join(kept_texts))
+    failed = next((c for c in doc_checks if not c["pass"]), None)
+    if reason is None and failed:
+        reason = failed["filter"]
+        check = next(c for c in F.doc_checks(tf) if c.name == reason)
+        detail = F.detail(check, failed["value"])
+
+    n_images = len(doc.images)
+    return {
+        "url": doc.url,
+        "doc_id": doc.doc_id,
+        "verdict": "dropped" if reason else "kept",
+        "reason": reason,
+        "detail": detail,
+        "url_blocklists": url_info,
+        "language": language,
+        "nodes": nodes,
+        "document": {"checks": doc_checks},
+        "images": {
+            "count": n_images,
+            "min": tf.doc_min_images,
+            "max": tf.doc_max_images,
+            "reason": F.image_count_reason(doc, cfg),
+            "note": "applied after images are resolved, not by the text filter stage",
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Text rendering
+
+# Short column heads for the node table; the legend maps them back to config keys.
+_NODE_HEADS = {
+    "node_min_words": "words>=",
+    "node_max_words": "words<=",
+    "node_max_special_char_ratio": "special",
+    "node_min_stopword_ratio": "stopw",
+    "node_max_flagged_word_ratio": "flagged",
+    "node_max_char_10gram_repetition": "char10",
+    "node_max_word_5gram_repetition": "word5",
+}
+
+
+def _v(x: Any) -> str:
+    if x is None:
+        return "off"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _preview(text: str, n: int = 60) -> str:
+    s = " ".join(text.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as readable text: header, language, node table, document table."""
+    out = []
+    verdict = report["verdict"].upper()
+    out.append(f"{report['url']}  (doc {report['doc_id']})")
+    why = f" by {report['reason']}: {report['detail']}" if report["reason"] else ""
+    out.append(f"verdict: {verdict}{why}")
+    lg = report["language"]
+    keep = ",".join(lg["keep"]) if lg["keep"] is not None else "any"
+    out.append(
+        f"language: {lg['detected'] or 'none'} {lg['score']:.3f} of text  "
+        f"(keep {keep}, min_score {_v(lg['min_score'])}, {lg['detector']})  {'pass' if lg['pass'] else 'FAIL'}"
+    )
+    ub = report["url_blocklists"]
+    if ub["domain_blocklist"] or ub["substring_blocklist"]:
+        out.append(f"url blocklists: {'pass' if ub['pass'] else 'FAIL: ' + str(ub['blocked'])}")
+
+    out.append("")
+    out.append("nodes (value; ! = fails its threshold):")
+    text_nodes = [n for n in report["nodes"] if n["type"] == "text"]
+    names = [c["filter"] for c in text_nodes[0]["checks"]] if text_nodes else []
+    heads = [_NODE_HEADS.get(n, n) for n in names]
+    rows = [["#", *heads, "verdict", "text"]]
+    for n in report["nodes"]:
+        if n["type"] == "image":
+            rows.append([str(n["index"]), *["" for _ in heads], "image", _preview(n["url"])])
+            continue
+        cells = [_v(c["value"]) + ("" if c["pass"] else "!") for c in n["checks"]]
+        rows.append([str(n["index"]), *cells, "kept" if n["verdict"] == "kept" else "DROP", _preview(n["text"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    if names:
+        thresholds = {c["filter"]: c for c in text_nodes[0]["checks"]}
+        legend = ", ".join(
+            f"{_NODE_HEADS.get(n, n)} = {n} ({thresholds[n]['bound']} {_v(thresholds[n]['threshold'])})" for n in names
+        )
+        out.append("  " + legend)
+
+    out.append("")
+    out.append("document (text left after node filters):")
+    rows = [["filter", "value", "threshold", "verdict"]]
+    for c in report["document"]["checks"]:
+        rows.append([c["filter"], _v(c["value"]), f"{c['bound']} {_v(c['threshold'])}", "pass" if c["pass"] else "FAIL"])
+    im = report["images"]
+    rows.append(
+        ["doc_min/max_images", str(im["count"]), f"{_v(im['min'])}-{_v(im['max'])}", "FAIL" if im["reason"] else "pass"]
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    out.append("  (image count is checked after images are resolved)")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _open_text(path: str) -> str:
+    raw = open(path, "rb").read()
+    if path.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    return raw.decode("utf-8", "replace")
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a == b or a.rstrip("/") == b.rstrip("/")
+
+
+def iter_documents(path: str, url: str | None, cfg: Config) -> Iterator[Document]:
+    """Documents from a WARC/ARC (extracted as the pipeline does), an HTML file, or JSON lines of
+    ``build-m3w extract``; only those at ``url`` when given."""
+    if not os.path.exists(path):
+        raise ExplainError(f"input {path!r} not found; pass an existing WARC, HTML or JSONL file")
+    base = path[:-3] if path.endswith(".gz") else path
+    if base.endswith((".jsonl", ".json")):
+        for n, line in enumerate(_open_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                doc = from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError) as e:
+                raise ExplainError(f"{path} line {n} is not an m3w document ({e}); pass `build-m3w extract` output")
+            if url is None or _same_url(doc.url, url):
+                yield doc
+        return
+
+    from pipeline.extract import ExtractionError, extract_document
+    from pipeline.records import Page
+
+    if base.endswith((".html", ".htm")):
+        html = _open_text(path)
+        page_url = url or "file://" + os.path.abspath(path)
+        pages: Iterator[Page] = iter([Page(page_url, Provenance(path, 0, os.path.getsize(path), ""), html)])
+    else:
+        from pipeline.warc import iter_warc
+
+        pages = (
+            r for r in iter_warc(path, cfg.limits) if isinstance(r, Page) and (url is None or _same_url(r.url, url))
+        )
+    for page in pages:
+        try:
+            yield extract_document(page, cfg.extract, cfg.limits)
+        except ExtractionError as e:
+            if url is not None:
+                raise ExplainError(f"{page.url}: extraction dropped the page ({e}); nothing to filter")
+
+
+def main(argv: list[str]) -> int:
+    """``build-m3w explain``; returns the exit status (2 on a user error, with a one-line message)."""
+    ap = argparse.ArgumentParser(prog="build-m3w explain", description=__doc__.split("\n")[0], usage=USAGE)
+    ap.add_argument("--input", required=True, help="WARC/ARC (.gz), HTML (.gz) or JSONL from build-m3w extract")
+    ap.add_argument("--url", help="the page to explain (default: every page in the input)")
+    ap.add_argument("--config", help="config YAML (default: the bundled pipeline/m3w.yaml)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per document instead of tables")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        found = 0
+        for doc in iter_documents(args.input, args.url, cfg):
+            report = explain_document(doc, cfg)
+            if args.json:
+                sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
+            else:
+                sys.stdout.write(("\n" if found else "") + render(report) + "\n")
+            found += 1
+        if not found:
+            where = f" with URL {args.url}" if args.url else ""
+            raise ExplainError(f"no document{where} in {args.input}; check the URL (as in WARC-Target-URI)")
+    except (ConfigError, ExplainError) as e:
+        print(f"build-m3w explain: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
