@@ -216,6 +216,7 @@ def _resolve(base: str, url: str) -> str | None:
 _BR = "\ue000"  # a <br> in the text buffer (private-use: never in real text, not whitespace)
 _cls_cache: dict[str, bool] = {}
 _EXPAND = True
+_FILL = True
 _STATE_PREFIXES = ("has-", "is-", "js-", "with-", "no-", "show-", "hide-", "can-")
 
 
@@ -552,6 +553,17 @@ def _select_main(w: _Walk, items: list[tuple]) -> list[bool] | None:
                     continue  # above the winner only repeated sections count
                 if s + (best_score * 0.2 if same_class else 0.0) >= threshold:
                     chosen.add(b)
+    if _FILL:
+        # Blocks between two chosen siblings (a photo row between paragraphs, an embedded figure)
+        # belong to the article unless they are mostly links.
+        for lv in levels:
+            lp = bparent[lv]
+            kids = [b for b in range(lp + 1, n) if bparent[b] == lp]
+            picked = [i for i, b in enumerate(kids) if b in chosen]
+            if len(picked) >= 2:
+                for b in kids[picked[0] + 1 : picked[-1]]:
+                    if b not in chosen and (not tlen[b] or llen[b] <= tlen[b] * 0.5):
+                        chosen.add(b)
     inside = [False] * n
     for b in range(1, n):
         inside[b] = b in chosen or inside[bparent[b]]
