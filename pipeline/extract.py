@@ -466,7 +466,7 @@ def _class_weight(cls: str) -> int:
     return (25 if _POSITIVE_CLASS.search(cls) else 0) - (25 if _NEGATIVE_CLASS.search(cls) else 0)
 
 
-def _select_main(w: _Walk, items: list[tuple]) -> list[bool] | None:
+def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[bool] | None:
     """Per block: inside the main content (readability's text-density scoring); None = no verdict."""
     bparent, btag = w.bparent, w.btag
     n = len(bparent)
@@ -503,6 +503,8 @@ def _select_main(w: _Walk, items: list[tuple]) -> list[bool] | None:
     ranked = sorted(score, key=score.__getitem__, reverse=True)
     best = ranked[0]
     top = score[best]
+    if top < min_score:
+        return None  # no block stands out (a short page, a link hub): no verdict
 
     def ancestors(b: int) -> list[int]:
         out = []
@@ -637,7 +639,7 @@ def extract_nodes(
     walk = _walk(root, base, cfg, limits)
     items = _drop_regions(walk, cfg.boilerplate_max_share)
     if cfg.main_content:
-        inside = _select_main(walk, items)
+        inside = _select_main(walk, items, cfg.main_content_min_score)
         if inside is not None:
             kept = [it for it in items if inside[it[0]]]
             # A short winner is one teaser of a list page (a shop, an index): keep the whole page.
