@@ -266,6 +266,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     items: list[tuple] = []
     buf: list[str] = []
     figures: list[list] = []  # [images, caption] per open <figure>
+    uncaptioned: list[ImageNode] = []  # images since the last text: a caption block that follows names them
     cur = region = 0
     link_depth = buf_link = pre_depth = article_depth = 0
     img_unresolved = depth_cut = False
@@ -286,6 +287,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             text = " ".join(raw.split())
         if text:
             items.append((cur, "t", text, link, btag[cur], region))
+            uncaptioned.clear()
 
     def add_image(node, attrs: dict) -> None:
         nonlocal img_unresolved, images_dropped
@@ -323,6 +325,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         items.append((cur, "i", img, 0, "img", region))
         if figures:
             figures[-1][0].append(img)
+        uncaptioned.append(img)
 
     stack: list = [(root, 0)]
     steps = 0
@@ -419,8 +422,16 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 pre_depth += 1
             elif tag == "figure":
                 figures.append([[], ""])
-            elif tag == "figcaption" and figures:
-                figures[-1][1] = " ".join(node.text(deep=True).split())
+            elif tag == "figcaption" or (uncaptioned and "caption" in cls):
+                # <figcaption>, or a caption block right after images (MediaWiki's "thumbcaption",
+                # WordPress's "wp-caption-text"): the images' description when they have no alt.
+                caption = " ".join(node.text(deep=True).split())
+                if tag == "figcaption" and figures:
+                    figures[-1][1] = caption
+                if keep_alt and caption:
+                    for img in uncaptioned:
+                        if not img.alt:
+                            img.alt = caption
         elif tag == "a":
             link_depth += 1
             stack.append(-1)
