@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, ImageStat, UnidentifiedImageError
 
 from pipeline.config import ImageConfig, LimitsConfig
 from pipeline.records import ImageRecord, Reject
@@ -352,7 +352,9 @@ def process_image(
             if scale < 1.0:
                 ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # transposed by EXIF
                 size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
-                rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+                # Antialiased bicubic: visually on par with Lanczos for downscaling, ~1.5x faster;
+                # reducing_gap lets huge images shrink by a cheap box reduce first.
+                rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
             small = _stats_copy(rgb)
             stored = rgb
     except ImageRejected:
@@ -361,7 +363,7 @@ def process_image(
         raise _classify_decode_error(e) from None
 
     # Per channel: a uniform orange has a large spread across channels but none within one.
-    std = float(np.asarray(small, dtype=np.float32).reshape(-1, 3).std(axis=0).max())
+    std = max(ImageStat.Stat(small).stddev)  # from the histogram, in C
     if cfg.min_pixel_std is not None and std < cfg.min_pixel_std:
         raise ImageRejected("single_color", f"pixel std {std:.2f} < {cfg.min_pixel_std}")
 
