@@ -43,7 +43,7 @@ class ExtractConfig:
     boilerplate_max_share: float = 0.5  # a boilerplate-looking element with more of the page's text than this is kept
     min_text_chars: int = 1  # drop text nodes shorter than this after whitespace collapsing
     keep_alt_text: bool = True
-    min_declared_image_side: int | None = 10  # declared width/height below this = tracking pixel/spacer
+    min_declared_image_side: int | None = 16  # declared width/height below this: tracking pixel, spacer, UI icon
     drop_image_url_patterns: list[str] = field(
         # OBELICS drops URLs containing logo, button, icon, plugin, widget; we add common pixels/spacers.
         default_factory=lambda: ["logo", "button", "icon", "plugin", "widget", "pixel", "spacer", "sprite", "avatar", "banner"]

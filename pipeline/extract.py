@@ -46,6 +46,7 @@ _SKIP_TAGS = frozenset(
 )
 # Boilerplate by element type (HTML5 landmark semantics).
 _BOILER_TAGS = frozenset("nav header footer aside form menu".split())
+_LANDMARK_TAGS = frozenset("nav header footer aside menu".split())
 # Elements that start a new block of text (the CSS display:block family plus table/list parts).
 _BLOCK_TAGS = frozenset(
     "address article aside blockquote body center dd details dir div dl dt fieldset figcaption "
@@ -248,6 +249,7 @@ class _Walk:
     btag: list[str]
     bcls: list[str]  # lower-cased "class id" of the block element
     rparent: list[int]  # hidden/boilerplate region → parent region; region 0 is the page
+    rhard: list[bool]  # region removed whatever share of the text it holds
     depth_cut: bool
     images_dropped: int
 
@@ -263,6 +265,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
 
     bparent, btag, bcls = [-1], ["#root"], [""]
     rparent = [-1]
+    rhard = [False]
     items: list[tuple] = []
     buf: list[str] = []
     figures: list[list] = []  # [images, caption] per open <figure>
@@ -397,6 +400,8 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 flush()
             stack.append(-3 - region)
             rparent.append(region)
+            # Landmarks are chrome whatever their size; a <form> or a class name may be the page.
+            rhard.append(tag in _LANDMARK_TAGS)
             region = len(rparent) - 1
         if tag == "img":
             add_image(node, attrs)
@@ -445,7 +450,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             c = c.prev
     if buf:
         flush()
-    return _Walk(items, bparent, btag, bcls, rparent, depth_cut, images_dropped)
+    return _Walk(items, bparent, btag, bcls, rparent, rhard, depth_cut, images_dropped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,7 +472,7 @@ def _drop_regions(w: _Walk, max_share: float) -> list[tuple]:
     limit = chars[0] * max_share
     removed = [False] * len(rparent)
     for r in range(1, len(rparent)):  # parents before children
-        removed[r] = removed[rparent[r]] or chars[r] <= limit
+        removed[r] = removed[rparent[r]] or w.rhard[r] or chars[r] <= limit
     return [it for it in items if not removed[it[5]]]
 
 
