@@ -1,0 +1,113 @@
+"""Throughput of the default text filter chain on real extracted documents, one core.
+
+    .venv/bin/python -m benchmarks.filters [--rounds 5] [--data ../shared/data]
+
+Documents: every HTML page of the article-extraction benchmark, the Python docs and Debian
+handbook crawls, the archive.org Heritrix crawl, the Common Crawl sample and the trafilatura test
+pages, extracted once with ``pipeline.extract.extract_document`` before timing starts.
+
+Timed, in the same process and on the same documents:
+- chain: ``pipeline.filters.filter_document(doc, Config())`` — URL blocklists (off by default),
+  language ID, paragraph filters, document filters;
+- anchor: a bare loop that only tokenizes the same text nodes with ``pipeline.filters.words``
+  (lower-case, whitespace split, strip punctuation) — the least any word-based filter must do;
+- parts: language ID alone, and the chain with language ID turned off (``keep``/``min_score`` None).
+Reported: documents/s for each, and chain time / anchor time.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import platform
+import time
+from pathlib import Path
+
+from pipeline import filters as F
+from pipeline import langid
+from pipeline.config import Config
+from pipeline.extract import ExtractionError, extract_document
+from pipeline.records import Page
+from pipeline.warc import iter_warc
+from schemas.document import Document, Provenance
+
+WARCS = [
+    "warc/local_wget_crawls/pydocs.warc.gz",
+    "warc/local_wget_crawls/handbook-fr-de.warc.gz",
+    "warc/aut_test_resources/example.warc.gz",
+    "warc/resiliparse_tests/warcfile.warc.gz",
+]
+HTML_DIRS = ["extraction/article_benchmark/html", "extraction/trafilatura/cache"]
+
+
+def load_documents(data: Path) -> list[Document]:
+    pages: list[Page] = []
+    for rel in WARCS:
+        if (data / rel).exists():
+            pages += [r for r in iter_warc(str(data / rel)) if isinstance(r, Page)]
+    for rel in HTML_DIRS:
+        for path in sorted((data / rel).glob("*.htm*")):
+            raw = path.read_bytes()
+            if path.suffix == ".gz":
+                raw = gzip.decompress(raw)
+            url = f"https://bench.example/{path.name}"
+            pages.append(Page(url, Provenance(str(path), 0, len(raw), ""), raw.decode("utf-8", "replace")))
+    docs = []
+    for p in pages:
+        try:
+            docs.append(extract_document(p))
+        except ExtractionError:
+            pass  # pages without text are not filter input
+    return docs
+
+
+def _time(fn, docs: list[Document], rounds: int) -> float:
+    """Best-of-``rounds`` seconds for one pass of ``fn`` over ``docs``."""
+    best = float("inf")
+    for _ in range(rounds):
+        gc.collect()
+        t0 = time.perf_counter()
+        for d in docs:
+            fn(d)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    args = ap.parse_args(argv)
+
+    docs = load_documents(Path(args.data))
+    n_chars = sum(len(d.text) for d in docs)
+    cfg = Config()
+    no_lang = Config()
+    no_lang.language.keep = None
+    no_lang.language.min_score = None
+    langid.load(cfg.language.detector)
+    F.filter_document(docs[0], cfg)  # warm word lists
+
+    def anchor(d: Document) -> None:
+        for t in d.texts:
+            if t:
+                F.words(t)
+
+    results = {
+        "anchor: tokenize text nodes": _time(anchor, docs, args.rounds),
+        "chain: filter_document, defaults": _time(lambda d: F.filter_document(d, cfg), docs, args.rounds),
+        "language ID alone": _time(lambda d: langid.detect([t for t in d.texts if t]), docs, args.rounds),
+        "chain without language filter": _time(lambda d: F.filter_document(d, no_lang), docs, args.rounds),
+    }
+    kept = sum(F.filter_document(d, cfg)[0] is not None for d in docs)
+    anchor_s = results["anchor: tokenize text nodes"]
+    print(f"{len(docs)} documents, {n_chars / len(docs):.0f} characters each on average; {kept} kept by the chain")
+    print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}, best of {args.rounds}")
+    print("| timed loop | documents/s (one core) | time / anchor |")
+    print("| --- | ---: | ---: |")
+    for name, s in results.items():
+        print(f"| {name} | {len(docs) / s:,.0f} | {s / anchor_s:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
