@@ -69,6 +69,7 @@ REJECT_REASONS = (
     "http_4xx",
     "http_5xx",
     "content_encoding",  # an encoding we cannot undo
+    "fetch_error",  # anything unexpected while fetching (the detail names the exception)
 )
 _RETRYABLE = frozenset({"timeout", "connection_error", "http_5xx", "http_429", "bad_response"})
 _X_ROBOTS_FORBID = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
@@ -311,7 +312,8 @@ class Fetcher:
     def _download_robots(self, key: str):
         from protego import Protego
 
-        self.robots_requests += 1
+        with self._robots_lock:
+            self.robots_requests += 1
         try:
             res = self._get_following(key + "/robots.txt", self.cfg.max_robots_bytes, check_robots=False)
         except _Fail as f:
@@ -347,6 +349,13 @@ class Fetcher:
     def robots_known(self, key: str) -> bool:
         with self._robots_lock:
             return key in self._robots or not self.cfg.respect_robots
+
+    def set_robots_failure(self, key: str, reason: str, detail: str) -> None:
+        with self._robots_lock:
+            self._robots.setdefault(key, ("fail", reason, detail))
+            ev = self._robots_events.pop(key, None)
+        if ev is not None:
+            ev.set()
 
     def prefetch_robots(self, key: str) -> None:
         if self.cfg.respect_robots:
@@ -523,7 +532,10 @@ class FetchEngine:
             host, url, attempt, robots_only = picked
             if robots_only:
                 started = time.monotonic()
-                self.fetcher.prefetch_robots(host.key)
+                try:
+                    self.fetcher.prefetch_robots(host.key)
+                except Exception as e:  # recorded as the host's robots outcome; its URLs report it
+                    self.fetcher.set_robots_failure(host.key, "fetch_error", f"robots.txt: {type(e).__name__}: {e}")
                 with self._cv:
                     host.active -= 1
                     host.robots_pending = False
@@ -531,7 +543,10 @@ class FetchEngine:
                     host.next_slot = max(host.next_slot, started + self._interval(host.key))
                     self._cv.notify_all()
                 continue
-            res = self.fetcher.attempt(url)
+            try:
+                res = self.fetcher.attempt(url)
+            except Exception as e:  # a worker thread must never die with the URL still pending
+                res = FetchResult(url=url, final_url=url, reason="fetch_error", detail=f"{type(e).__name__}: {e}")
             res.attempts = attempt + 1
             with self._cv:
                 host.active -= 1
