@@ -50,6 +50,7 @@ _KNOWN_TYPES = frozenset({"warcinfo", "request", "metadata", "conversion", "cont
 WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 
 _HEAD_BYTES = 64 << 10  # first read of a block; enough for HTTP headers and format sniffing
+_WHOLE_READ_BYTES = 1 << 20  # smaller blocks are read at once; larger ones head first, rest if wanted
 _META_SCAN_BYTES = 1024  # WHATWG prescan window for <meta charset>
 _MAX_SEEN = 2_000_000  # revisit index entries kept per file (bounds memory on giant files)
 
@@ -103,8 +104,7 @@ class HttpError(ValueError):
     """The HTTP header block of a response record cannot be parsed."""
 
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_HEADER_LINE = re.compile(r"^([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?$", re.M)
+_HEADER_LINE = re.compile(r"^([^:\r\n]+):([^\r\n]*)", re.M)
 _ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _CHARSET_PARAM = re.compile(r"charset\s*=\s*[\"']?([^\s;\"']+)", re.I)
 
@@ -114,10 +114,15 @@ def parse_http_headers(block: bytes) -> tuple[int, dict[str, str], int]:
 
     Returns (status, headers with lower-case names, repeated names joined by ", ", offset of the body).
     """
-    m = _HEADER_END.search(block)
-    if m is not None:
-        end, sep = m.start(), m.end() - m.start()
-    else:
+    # The earliest blank line ends the headers; servers mix CRLF and bare LF.
+    end, sep = -1, 0
+    limit = min(len(block), _HEAD_BYTES)
+    for pattern in (b"\r\n\r\n", b"\n\n", b"\n\r\n"):
+        at = block.find(pattern, 0, limit)
+        if at >= 0 and (end < 0 or at < end):
+            end, sep = at, len(pattern)
+            limit = at
+    if end < 0:
         if len(block) < _HEAD_BYTES and block.startswith(b"HTTP/"):
             end, sep = len(block), 0  # headers only, no body
         else:
@@ -131,6 +136,7 @@ def parse_http_headers(block: bytes) -> tuple[int, dict[str, str], int]:
     # Lines without a colon (folded or junk) carry nothing we use and do not match.
     for name, value in _HEADER_LINE.findall(rest):
         name = name.strip().lower()
+        value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return int(parts[1]), headers, end + sep
 
@@ -522,6 +528,10 @@ class _FileReader:
         if limit is not None and raw.content_length > limit:
             raw.too_large = True
             return
+        if 0 <= raw.content_length <= _WHOLE_READ_BYTES:
+            raw.block = _read_full(read, raw.content_length)  # one read, no second copy
+            raw.short_read = len(raw.block) < raw.content_length
+            return
         head = _read_full(read, min(_HEAD_BYTES, raw.content_length) if raw.content_length >= 0 else _HEAD_BYTES)
         if len(head) < _HEAD_BYTES or len(head) >= raw.content_length:
             raw.block = head
@@ -577,7 +587,8 @@ class _FileReader:
         if use_fastwarc:
             yield from self._convert_all(self._fastwarc(reader, stream if seekable else None))
         else:
-            yield from self._convert_all(self._warcio(reader, base=0, skip_offset=None))
+            arc = first_line.startswith(b"filedesc://")
+            yield from self._convert_all(self._warcio(reader, base=0, skip_offset=None, arc=arc))
 
     def _convert_all(self, raws: Iterator[_Raw]) -> Iterator[Item]:
         for raw in raws:
@@ -642,20 +653,20 @@ class _FileReader:
     def _raw_from_fastwarc(self, rec, pos: int) -> _Raw:
         rtype = _FASTWARC_TYPES.get(int(rec.record_type), "unknown")
         raw = _Raw(rtype, pos, -1, rec.content_length)
-        if rtype in _CONTENT_RECORDS:  # other records are only counted: skip their header lookups
-            h = rec.headers
-            raw.uri = h.get("WARC-Target-URI", "") or ""
-            raw.date = h.get("WARC-Date", "") or ""
-            raw.record_id = h.get("WARC-Record-ID", "") or ""
-            raw.warc_content_type = h.get("Content-Type", "") or ""
-            raw.payload_digest = h.get("WARC-Payload-Digest", "") or ""
-            raw.warc_truncated = h.get("WARC-Truncated", "") or ""
-            if rtype == "revisit":
-                raw.refers_to_uri = h.get("WARC-Refers-To-Target-URI", "") or ""
+        if rtype in _CONTENT_RECORDS:  # other records are only counted: skip their headers
+            # One pass over the headers is cheaper than a HeaderMap.get per name.
+            h = {k.lower(): v for k, v in rec.headers.items()}
+            raw.uri = h.get("warc-target-uri", "")
+            raw.date = h.get("warc-date", "")
+            raw.record_id = h.get("warc-record-id", "")
+            raw.warc_content_type = h.get("content-type", "")
+            raw.payload_digest = h.get("warc-payload-digest", "")
+            raw.warc_truncated = h.get("warc-truncated", "")
+            raw.refers_to_uri = h.get("warc-refers-to-target-uri", "")
             self._fill(raw, rec.reader.read)
         return raw
 
-    def _warcio(self, reader: _CountingReader, base: int, skip_offset: int | None) -> Iterator[_Raw]:
+    def _warcio(self, reader: _CountingReader, base: int, skip_offset: int | None, arc: bool = False) -> Iterator[_Raw]:
         from warcio.archiveiterator import ArchiveIterator
 
         last_offset = base
@@ -671,7 +682,8 @@ class _FileReader:
                     int(rec.length) if rec.length is not None else -1,
                     uri=h.get_header("WARC-Target-URI") or "",
                     date=h.get_header("WARC-Date") or "",
-                    record_id=h.get_header("WARC-Record-ID") or "",
+                    # ARC records have no id; warcio invents a random one, which would break determinism.
+                    record_id="" if arc else h.get_header("WARC-Record-ID") or "",
                 )
                 if rtype in _CONTENT_RECORDS:
                     raw.warc_content_type = h.get_header("Content-Type") or ""

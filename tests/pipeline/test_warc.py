@@ -325,3 +325,32 @@ def test_read_warc_files_transform():
             equal_to([(("books.toscrape.warc", "not_html_or_image"), 9), (("example-trunc.warc", "bad_content_encoding"), 1)]),
             label="Rejects",
         )
+
+
+class _Unseekable(io.RawIOBase):
+    """A network-like stream: read only."""
+
+    def __init__(self, data: bytes):
+        self._inner = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def readinto(self, b):
+        return self._inner.readinto(b)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["aut_test_resources/example.warc.gz", "aut_test_resources/example.arc.gz", "node_warc_tests/books.toscrape.warc"],
+)
+def test_unseekable_stream_gives_the_same_items(rel):
+    path = shared_path("warc", *rel.split("/"))
+    pages, images, rejects, _ = read_all(path)
+    s_pages, s_images, s_rejects, _ = read_all("x", fileobj=_Unseekable(path.read_bytes()), filename=str(path))
+    assert [(p.url, p.provenance) for p in s_pages] == [(p.url, p.provenance) for p in pages]
+    assert [(i.url, i.provenance) for i in s_images] == [(i.url, i.provenance) for i in images]
+    assert reasons(s_rejects) == reasons(rejects)
