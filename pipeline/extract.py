@@ -73,7 +73,7 @@ _NEGATIVE_CLASS = re.compile(
     r"-ad-|hidden|^hid$| hid$| hid |^hid |banner|combx|comment|com-|contact|footer|gdpr|masthead|media|meta|"
     r"outbrain|promo|related|scroll|share|shoutbox|sidebar|skyscraper|sponsor|shopping|tags|widget"
 )
-_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden")
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _WS = re.compile(r"\s+")
 
 _TAG_SCORE = {
@@ -202,8 +202,14 @@ def _declared_px(v: str | None) -> int | None:
 
 
 def _resolve(base: str, url: str) -> str | None:
+    """Absolute http(s) URL of an attribute value, as a browser resolves it; None for other schemes."""
+    url = url.strip()
+    if "\n" in url or "\t" in url or "\r" in url:
+        url = url.replace("\n", "").replace("\t", "").replace("\r", "")  # browsers strip these
+    if url.startswith(("http://", "https://")) and " " not in url:
+        return url  # already absolute: the common case, without urljoin's cost
     try:
-        out = urljoin(base, url.strip().replace("\n", "").replace("\t", ""))
+        out = urljoin(base, url)
         scheme = urlsplit(out).scheme.lower()
     except ValueError:
         return None
@@ -225,10 +231,11 @@ def _boiler_class(cls: str) -> bool:
     """class/id string names a boilerplate block (memoised: pages repeat their class names)."""
     hit = _cls_cache.get(cls)
     if hit is None:
+        low = cls.lower()
         # BEM modifiers and state classes ("fig--has-shares", "has-comments") describe the element,
         # they do not name a boilerplate block.
-        names = [c for c in cls.split() if "--" not in c and not c.startswith(_STATE_PREFIXES)]
-        hit = any(_BOILER_CLASS.search(c) for c in names) and _CONTENT_CLASS.search(cls) is None
+        names = [c for c in low.split() if "--" not in c and not c.startswith(_STATE_PREFIXES)]
+        hit = any(_BOILER_CLASS.search(c) for c in names) and _CONTENT_CLASS.search(low) is None
         if len(_cls_cache) > 100_000:
             _cls_cache.clear()
         _cls_cache[cls] = hit
@@ -247,7 +254,7 @@ class _Walk:
     items: list[tuple]
     bparent: list[int]  # block → parent block (-1 for the root)
     btag: list[str]
-    bcls: list[str]  # lower-cased "class id" of the block element
+    bcls: list[str]  # "class id" of the block element, as written
     rparent: list[int]  # hidden/boilerplate region → parent region; region 0 is the page
     rhard: list[bool]  # region removed whatever share of the text it holds
     depth_cut: bool
@@ -361,7 +368,9 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         tag = node.tag
         if tag == "-text":
             t = node.text_content
-            if t:
+            # Whitespace between blocks (markup indentation) is most text nodes: with nothing
+            # buffered it can only be leading whitespace, which flush() strips anyway.
+            if t and (buf or not t.isspace()):
                 buf.append(t)
                 if link_depth:
                     buf_link += len(t)
@@ -382,10 +391,10 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 drop = True
             else:
                 style = attrs.get("style")
-                drop = bool(style) and _HIDDEN_STYLE.search(style.lower()) is not None
+                drop = bool(style) and ("none" in style or "idden" in style) and _HIDDEN_STYLE.search(style) is not None
             c, i = attrs.get("class"), attrs.get("id")
             if c or i:
-                cls = (f"{c} {i}" if c and i else c or i).lower()
+                cls = f"{c} {i}" if c and i else c or i  # as written; lower-cased where matched
         if boiler and not drop:
             if tag in _BOILER_TAGS:
                 # An article's own <header> holds its title and lead image, not site chrome.
@@ -427,7 +436,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 pre_depth += 1
             elif tag == "figure":
                 figures.append([[], ""])
-            elif tag == "figcaption" or (uncaptioned and "caption" in cls):
+            elif tag == "figcaption" or (uncaptioned and "caption" in cls.lower()):
                 # <figcaption>, or a caption block right after images (MediaWiki's "thumbcaption",
                 # WordPress's "wp-caption-text"): the images' description when they have no alt.
                 caption = " ".join(node.text(deep=True).split())
@@ -479,6 +488,7 @@ def _drop_regions(w: _Walk, max_share: float) -> list[tuple]:
 def _class_weight(cls: str) -> int:
     if not cls:
         return 0
+    cls = cls.lower()
     return (25 if _POSITIVE_CLASS.search(cls) else 0) - (25 if _NEGATIVE_CLASS.search(cls) else 0)
 
 
