@@ -131,6 +131,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
         raise UserError(str(e)) from None
     _check_output_writable(app.output)
 
+    _remove_stale_files(app.output, keep=set())
     config_blob = dump_config(cfg).encode()
     atomic_write(os.path.join(app.output, "config.yaml"), lambda f: f.write(config_blob))
     print(f"build-m3w: {len(inputs)} input file(s) -> {app.output}", file=sys.stderr)
@@ -139,6 +140,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     build_pipeline(p, inputs, app.output, cfg)
     result = p.run()
     result.wait_until_finish()
+    _remove_stale_files(app.output, keep=_manifest_paths(app.output))
     counters = counters_from_result(result)
     report = build_report(
         counters,
@@ -147,13 +149,49 @@ def run_build(argv: list[str]) -> dict[str, Any]:
         formats=cfg.output.formats,
         seconds=round(time.time() - started, 1),
     )
-    write_report(os.path.join(app.output, "report.json"), {k: v for k, v in report.items() if k != "seconds"})
+    # The written report is a pure function of inputs and config (no timings, no output path).
+    write_report(os.path.join(app.output, "report.json"), {k: v for k, v in report.items() if k not in ("seconds", "output")})
     print(format_report(report))
     print(f"shards:   {os.path.join(app.output, '{' + ','.join(_dirs(cfg.output.formats)) + '}')}")
     print(f"manifest: {os.path.join(app.output, 'manifest.json')}")
     print(f"report:   {os.path.join(app.output, 'report.json')}")
     print(f"rejects:  {os.path.join(app.output, 'rejects')}")
     return report
+
+
+def _manifest_paths(output: str) -> set[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.shards import MANIFEST
+
+    with FileSystems.open(FileSystems.join(output, MANIFEST)) as f:
+        return {FileSystems.join(output, e["path"]) for e in json.load(f)["shards"]}
+
+
+def _remove_stale_files(output: str, keep: set[str] | None) -> int:
+    """Delete what an interrupted or earlier run left in the output folders.
+
+    Before a run (``keep`` empty): temporary files (``*.tmp-*``) and the rejects and decontamination
+    reports, which the run writes anew. After a run: shard files the new manifest does not list.
+    So a rerun into the same folder converges to exactly the new corpus.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.build import REJECTS_DIR
+    from pipeline.shards import PARQUET_DIR, WDS_DIR
+
+    stale = []
+    for folder in (WDS_DIR, PARQUET_DIR, REJECTS_DIR, "decontamination", ""):
+        pattern = FileSystems.join(output, folder, "*") if folder else FileSystems.join(output, "*")
+        for match in FileSystems.match([pattern])[0].metadata_list:
+            path = match.path
+            name = path.rsplit("/", 1)[-1]
+            rewritten = not keep and folder in (REJECTS_DIR, "decontamination")
+            if ".tmp-" in name or rewritten or (keep and folder in (WDS_DIR, PARQUET_DIR) and path not in keep):
+                stale.append(path)
+    if stale:
+        FileSystems.delete(stale)
+    return len(stale)
 
 
 def _dirs(formats: list[str]) -> list[str]:
