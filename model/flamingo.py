@@ -15,11 +15,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from model.configs import FlamingoConfig
-from model.layers import INIT_STD, dtype_of
+from model.layers import INIT_STD, dtype_of, random_init
 from model.lm import LanguageModel, init_cache
 from model.resampler import PerceiverResampler
 from model.vision import build_vision_encoder
@@ -112,34 +111,14 @@ def flat_names(params) -> dict[str, object]:
     return {"/".join(k): v for k, v in traverse_util.flatten_dict(nn.unbox(params)).items()}
 
 
-def random_params(config: FlamingoConfig, seed: int = 0, *, batch: int = 1, n_media: int = 1, frames: int = 1,
-                  length: int = 8) -> dict:
+
+def random_params(config: FlamingoConfig, seed: int = 0, *, std: float = INIT_STD, batch: int = 1, n_media: int = 1,
+                  frames: int = 1, length: int = 8) -> dict:
     """Random parameters made on the host with numpy: the same tree (and logical axis names) as
     `init_params`, without compiling an initialiser — for tests, demos and quick experiments.
-
-    Norm scales are 1, biases and gates 0, latents and temporal embeddings unit normal, every
-    other weight normal(0, 0.02).
+    See `model.layers.random_init` for the distributions.
     """
     v = config.vision
     images = jax.ShapeDtypeStruct((batch, n_media, frames, v.image_size, v.image_size, 3), jnp.float32)
     ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-    shapes = jax.eval_shape(lambda i, t: Flamingo(config).init(jax.random.PRNGKey(0), i, t), images, ids)["params"]
-    rs = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        box = leaf if isinstance(leaf, nn.Partitioned) else None
-        sds = box.value if box is not None else leaf
-        names = [getattr(k, "key", str(k)) for k in path]
-        last = names[-1]
-        if last in ("bias", "attn_gate", "ffw_gate"):
-            arr = np.zeros(sds.shape)
-        elif last == "scale":
-            arr = np.ones(sds.shape)
-        elif last in ("latents", "frame_embed"):
-            arr = rs.standard_normal(sds.shape)
-        else:
-            arr = rs.normal(0.0, INIT_STD, sds.shape)
-        value = jnp.asarray(arr, sds.dtype)
-        return box.replace(value=value) if box is not None else value
-
-    return jax.tree_util.tree_map_with_path(fill, shapes, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    return random_init(Flamingo(config), images, ids, seed=seed, std=std)

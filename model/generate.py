@@ -50,7 +50,7 @@ def _mask(prompt_ids, attention_mask):
     return jnp.ones(prompt_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
 
 
-@partial(jax.jit, static_argnums=(0, 4, 5))
+@partial(jax.jit, static_argnums=(0, 4))
 def _greedy(config, params, images, prompt_ids, max_new, eos_id, attention_mask):
     visual, last, cache = _prefill(config, params, images, prompt_ids, attention_mask, max_new)
 
@@ -74,7 +74,7 @@ def greedy(model: Flamingo, params, images, prompt_ids, max_new_tokens: int, eos
     c = model.config
     eos = c.eoc_token_id if eos_id is None else eos_id
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    return _greedy(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), int(eos),
+    return _greedy(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), jnp.int32(eos),
                    _mask(prompt_ids, attention_mask))
 
 
@@ -83,7 +83,7 @@ def _repeat_batch(tree, k: int):
     return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, tree)
 
 
-@partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
+@partial(jax.jit, static_argnums=(0, 4, 6, 7))
 def _beam(config, params, images, prompt_ids, max_new, eos_id, k, length_penalty, attention_mask):
     b = prompt_ids.shape[0]
     visual, last, cache = _prefill(config, params, images, prompt_ids, attention_mask, max_new)
@@ -131,7 +131,7 @@ def beam_search(model: Flamingo, params, images, prompt_ids, max_new_tokens: int
     c = model.config
     eos = c.eoc_token_id if eos_id is None else eos_id
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    seqs, scores = _beam(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), int(eos),
+    seqs, scores = _beam(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), jnp.int32(eos),
                          int(num_beams), float(length_penalty), _mask(prompt_ids, attention_mask))
     return (seqs, scores) if return_scores else seqs
 

@@ -12,6 +12,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NEG_INF = -1e30  # finite, so fully masked rows give a uniform softmax, never NaN
 INIT_STD = 0.02
@@ -160,3 +161,34 @@ def rope(x, positions, theta: float):
     x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
     rot = jnp.concatenate([-x2, x1], -1)
     return (xf * cos + rot * sin).astype(x.dtype)
+
+
+UNIT_NORMAL = ("latents", "frame_embed")  # initialised like torch.randn in OpenFlamingo
+
+
+def random_init(module: nn.Module, *args, seed: int = 0, std: float = INIT_STD) -> dict:
+    """`module.init(rng, *args)["params"]` made with numpy instead of a compiled initialiser.
+
+    args may be arrays or `jax.ShapeDtypeStruct`s. Norm scales are 1, biases and gates 0,
+    latents and temporal embeddings unit normal, every other weight normal(0, std). Boxes
+    (`nn.Partitioned`, logical axis names) are kept.
+    """
+    shapes = jax.eval_shape(lambda *a: module.init(jax.random.PRNGKey(0), *a), *args)["params"]
+    rs = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        box = leaf if isinstance(leaf, nn.Partitioned) else None
+        sds = box.value if box is not None else leaf
+        last = getattr(path[-1], "key", str(path[-1]))
+        if last in ("bias", "attn_gate", "ffw_gate"):
+            arr = np.zeros(sds.shape)
+        elif last == "scale":
+            arr = np.ones(sds.shape)
+        elif last in UNIT_NORMAL:
+            arr = rs.standard_normal(sds.shape)
+        else:
+            arr = rs.normal(0.0, std, sds.shape)
+        value = jnp.asarray(arr, sds.dtype)
+        return box.replace(value=value) if box is not None else value
+
+    return jax.tree_util.tree_map_with_path(fill, shapes, is_leaf=lambda x: isinstance(x, nn.Partitioned))
