@@ -495,6 +495,11 @@ class FetchEngine:
         base = 1.0 / rate if rate else 0.0
         return max(base, self.fetcher.crawl_delay(key))
 
+    def _retry_after(self, res: FetchResult) -> float:
+        """Seconds a 429/503 asked us to wait (Retry-After in seconds), capped like Crawl-delay."""
+        value = next((v.strip() for k, v in res.headers if k.lower() == "retry-after"), "")
+        return min(float(value), self.cfg.max_crawl_delay_s) if value.isdigit() else 0.0
+
     def _pick(self):
         """Under the lock: (host, url, attempt, robots_only) ready now, or the seconds to wait."""
         now = time.monotonic()
@@ -552,7 +557,8 @@ class FetchEngine:
                 host.active -= 1
                 if res.reason in _RETRYABLE and attempt < self.cfg.retries:
                     self.retries += 1
-                    host.queue.appendleft((url, attempt + 1, time.monotonic() + self.cfg.backoff_s * (2**attempt)))
+                    delay = max(self.cfg.backoff_s * (2**attempt), self._retry_after(res))
+                    host.queue.appendleft((url, attempt + 1, time.monotonic() + delay))
                 else:
                     self._done.append(res)
                     self._pending -= 1

@@ -36,8 +36,9 @@ IMAGE = _jpeg()
 class Server:
     """A loopback HTTP server with a route per test case; records every request it gets."""
 
-    def __init__(self, robots_status: int = 200):
+    def __init__(self, robots_status: int = 200, robots: bytes = ROBOTS):
         self.robots_status = robots_status
+        self.robots = robots
         self.hits: collections.Counter[str] = collections.Counter()
         self.times: list[tuple[float, str]] = []
         self.user_agents: set[str] = set()
@@ -66,7 +67,7 @@ class Server:
                     n = outer.hits[path]
                 img = [("Content-Type", "image/jpeg")]
                 if path == "/robots.txt":
-                    return self._send(outer.robots_status, ROBOTS if outer.robots_status == 200 else b"")
+                    return self._send(outer.robots_status, outer.robots if outer.robots_status == 200 else b"")
                 if path.startswith(("/img/", "/private/", "/nom3w/", "/rate/")):
                     return self._send(200, IMAGE, img)
                 if path == "/noai.jpg":
@@ -97,6 +98,8 @@ class Server:
                     return self._send(404, b"not here")
                 if path == "/500.jpg":
                     return self._send(500, b"oops")
+                if path == "/busy.jpg":  # asks to come back in 1 s
+                    return self._send(429, b"slow down", [("Retry-After", "1")]) if n == 1 else self._send(200, IMAGE, img)
                 if path == "/flaky.jpg":
                     return self._send(503, b"busy") if n == 1 else self._send(200, IMAGE, img)
                 if path == "/redirect-ok.jpg":
@@ -262,6 +265,20 @@ def test_per_host_rate_limit_is_observed(server):
     assert len(starts) == 7
     assert gaps.min() >= 1 / rate - 0.02, gaps
     assert elapsed >= 6 / rate - 0.05
+
+
+def test_robots_crawl_delay_and_retry_after_are_honoured():
+    s = Server(robots=b"User-agent: *\nCrawl-delay: 0.3\n")
+    try:
+        got = fetch([f"{s.base}/rate/{i}.jpg" for i in range(3)], cfg(per_host_rate=None))
+        busy = fetch([s.base + "/busy.jpg"], cfg(per_host_rate=None, backoff_s=0.01))
+    finally:
+        s.close()
+    assert all(r.ok for r in got) and busy[0].ok and busy[0].attempts == 2
+    starts = [ts for ts, path in s.times if path.startswith("/rate/")]
+    assert np.diff(starts).min() >= 0.3 - 0.02
+    busy_starts = [ts for ts, path in s.times if path == "/busy.jpg"]
+    assert busy_starts[1] - busy_starts[0] >= 1.0 - 0.02
 
 
 def test_per_host_concurrency_is_observed(server):

@@ -31,6 +31,7 @@ def test_process_images_splits_kept_images_from_rejects_with_reasons():
         "http://a.example/site-logo.png": images / "skimage_data_photos/coffee.png",
     }
     records = [ImageRecord(url, PROV, p.read_bytes(), "image/jpeg") for url, p in files.items()]
+    records[2].source = "fetch"  # as FetchImages labels its records
     bytes_in = sum(len(r.data) for r in records)
     p = TestPipeline()
     out = p | beam.Create(records) | ProcessImages(ImageConfig(), source="warc")
@@ -39,7 +40,7 @@ def test_process_images_splits_kept_images_from_rejects_with_reasons():
         equal_to([
             ("http://a.example/ukbench09380.png", 640, 480, "jpeg", "warc", "crawl.warc.gz"),
             ("http://a.example/giphy.gif", 314, 400, "jpeg", "warc", "crawl.warc.gz"),
-            ("http://a.example/orig.jpg", 640, 402, "jpeg", "warc", "crawl.warc.gz"),
+            ("http://a.example/orig.jpg", 640, 402, "jpeg", "fetch", "crawl.warc.gz"),
         ]),
         label="KeptImages",
     )
