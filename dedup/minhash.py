@@ -2,14 +2,14 @@
 
 Text is lower-cased and split into words (runs of ASCII letters/digits or any non-ASCII UTF-8
 byte); each word n-gram is a shingle. Everything after ``str.lower`` runs as numpy array
-operations over the UTF-8 bytes of a whole batch, with no Python loop per word or shingle:
+operations over the UTF-8 bytes of a whole batch of texts, with no Python loop per word or
+shingle:
 
 - word hashes: a polynomial hash over bytes, computed from prefix sums (wrapping uint64);
 - shingle hashes: a polynomial combination of ``ngram`` consecutive word hashes, finalised with
-  the murmur3 64-bit mixer and cut to 32 bits;
-- permutations: ``h_k(x) = ((a_k * x + b_k) mod 2**64) >> 32`` with random 64-bit ``a_k`` (odd)
-  and ``b_k`` (multiply-add-shift, a 2-independent family); the minimum over a document's
-  shingles is signature entry ``k``.
+  the murmur3 64-bit mixer;
+- signatures: one-permutation hashing with optimal densification (``minhash_signatures``), so a
+  text costs O(shingles + num_perm) instead of datasketch's O(shingles x num_perm).
 
 The estimate of Jaccard similarity is the fraction of equal entries, exactly as with datasketch's
 MinHash; tests check both against the exact shingle-set Jaccard and against datasketch.
@@ -59,90 +59,156 @@ def _powers(base: np.uint64, n: int) -> np.ndarray:
     return out
 
 
-def word_hashes(text: str) -> np.ndarray:
-    """64-bit hash of each word of ``text`` (lower-cased), in order: uint64[n_words]."""
-    data = np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    if data.size == 0:
-        return np.zeros(0, dtype=np.uint64)
+def _encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Lower-cased UTF-8 bytes of all texts joined by a NUL (a non-word byte), and each text's
+    start offset: (uint8[n_bytes], int64[len(texts) + 1])."""
+    parts = [t.lower().encode("utf-8", "surrogatepass") for t in texts]
+    lengths = np.fromiter((len(b) + 1 for b in parts), dtype=np.int64, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.frombuffer(b"\0".join(parts) + b"\0", dtype=np.uint8), offsets
+
+
+_U32 = np.uint32
+_POW_CACHE: list[np.ndarray] = [np.ones(1, dtype=np.uint32), np.ones(1, dtype=np.uint32)]
+
+
+def _byte_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B**j and B**-j mod 2**32 for j < n (cached and grown on demand)."""
+    if _POW_CACHE[0].size < n:
+        size = max(n, 2 * _POW_CACHE[0].size, 1 << 16)
+        base = np.uint32(int(_BYTE_BASE) & 0xFFFFFFFF)
+        inv = np.uint32(pow(int(base), -1, 1 << 32))
+        for i, b in enumerate((base, inv)):
+            arr = np.full(size, b, dtype=np.uint32)
+            arr[0] = 1
+            np.multiply.accumulate(arr, out=arr)
+            _POW_CACHE[i] = arr
+    return _POW_CACHE[0][:n], _POW_CACHE[1][:n]
+
+
+def _word_hashes(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit hash of each word, start offset of each word) of a byte buffer."""
     is_word = _WORD_BYTE[data]
-    edges = np.diff(is_word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
     if starts.size == 0:
-        return np.zeros(0, dtype=np.uint64)
-    # h(word) = sum_j byte_j * B**(j - start) = (S[end] - S[start]) * B**(-start), where
-    # S is the prefix sum of byte_j * B**j; all arithmetic wraps mod 2**64, B odd hence invertible.
+        return np.zeros(0, dtype=np.uint64), starts
+    # h(word) = sum_j (byte_j + 1) * B**(j - start) = (S[end] - S[start]) * B**(-start), where
+    # S is the prefix sum of (byte_j + 1) * B**j; arithmetic wraps mod 2**32 (B odd, so
+    # invertible), which keeps this byte-level pass at 4 bytes per byte of text.
     n = data.size
-    pw = _powers(_BYTE_BASE, n)
-    prefix = np.zeros(n + 1, dtype=np.uint64)
-    np.cumsum((data.astype(np.uint64) + _U64(1)) * pw, out=prefix[1:])
-    inv = _powers(_BYTE_BASE_INV, n)
+    pw, inv = _byte_powers(n)
+    prefix = np.empty(n + 1, dtype=np.uint32)
+    prefix[0] = 0
+    terms = data.astype(np.uint32)
+    terms += _U32(1)
+    terms *= pw
+    np.cumsum(terms, out=prefix[1:])
     h = (prefix[ends] - prefix[starts]) * inv[starts]
-    # Length in the hash keeps "ab" and "ab\0"-like prefixes apart.
-    return _fmix64(h ^ (ends - starts).astype(np.uint64))
+    # Word length in the top half: words that collide mod 2**32 must also have equal lengths.
+    return _fmix64(h.astype(np.uint64) | ((ends - starts).astype(np.uint64) << _U64(32))), starts
+
+
+def _batch_shingles(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every text's word ``ngram``-grams, and the text each belongs to:
+    (uint64[n_shingles], int64[n_shingles]). A text with fewer than ``ngram`` words (but at least
+    one) is one shingle of all its words; a text without words has none."""
+    data, offsets = _encode_batch(texts)
+    w, starts = _word_hashes(data)
+    if w.size == 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    doc = np.searchsorted(offsets, starts, side="right") - 1
+    counts = np.bincount(doc, minlength=len(texts))
+    m = w.size - ngram + 1
+    hashes, owners = [], []
+    if m > 0:
+        acc = w[:m].copy()
+        for j in range(1, ngram):
+            acc = acc * _WORD_BASE + w[j : j + m]
+        ok = doc[:m] == doc[ngram - 1 : ngram - 1 + m]  # no shingle spans two texts
+        hashes.append(_fmix64(acc[ok] ^ _U64(ngram)))
+        owners.append(doc[:m][ok])
+    short = np.flatnonzero((counts > 0) & (counts < ngram))
+    if short.size:
+        first = np.searchsorted(doc, short)
+        hs = []
+        with np.errstate(over="ignore"):  # wrapping mod 2**64 is the point
+            for d, f in zip(short.tolist(), first.tolist()):
+                acc = _U64(0)
+                for x in w[f : f + counts[d]]:
+                    acc = acc * _WORD_BASE + x
+                hs.append(acc ^ _U64(int(counts[d])))
+        hashes.append(_fmix64(np.asarray(hs, dtype=np.uint64)))
+        owners.append(short.astype(np.int64))
+    return np.concatenate(hashes), np.concatenate(owners)
 
 
 def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """32-bit hash of each word ``ngram``-gram of ``text`` (uint64 values < 2**32), in order.
-
-    A text with fewer than ``ngram`` words (but at least one) is one shingle; an empty text has none.
-    """
-    w = word_hashes(text)
-    if w.size == 0:
-        return np.zeros(0, dtype=np.uint64)
-    k = min(ngram, w.size)
-    m = w.size - k + 1
-    acc = w[:m].copy()
-    for j in range(1, k):
-        acc = acc * _WORD_BASE + w[j : j + m]
-    acc = acc ^ _U64(k)
-    return _fmix64(acc) >> _U64(32)
+    """64-bit hashes of the word ``ngram``-grams of ``text``, in order (the exact shingle set, for tests)."""
+    return _batch_shingles([text], ngram)[0]
 
 
-def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``num_perm`` multiply-shift hash functions for ``seed``: (a, b), each uint64[num_perm]."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 1 << 64, size=num_perm, dtype=np.uint64, endpoint=False) | _U64(1)
-    b = rng.integers(0, 1 << 64, size=num_perm, dtype=np.uint64, endpoint=False)
-    return a, b
+def _probe_table(num_perm: int, seed: int, attempts: int) -> np.ndarray:
+    """int64[attempts, num_perm]: the bins an empty bin borrows from, in order (the same for every text)."""
+    key = (num_perm, seed, attempts)
+    if key not in _PROBES:
+        i = np.arange(num_perm, dtype=np.uint64)[None, :]
+        j = np.arange(1, attempts + 1, dtype=np.uint64)[:, None]
+        h = _fmix64(i * _U64(0x9E3779B97F4A7C15) ^ (j << _U64(32)) ^ _U64(seed & 0xFFFFFFFF) << _U64(16))
+        _PROBES[key] = ((h >> _U64(32)) * _U64(num_perm) >> _U64(32)).astype(np.int64)
+    return _PROBES[key]
 
 
-_PERM_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-_CHUNK_ROWS = 2048  # shingles per block: keeps the (rows x num_perm) block in L2 cache
-
-
-def _cached_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    key = (num_perm, seed)
-    if key not in _PERM_CACHE:
-        _PERM_CACHE[key] = permutations(num_perm, seed)
-    return _PERM_CACHE[key]
-
-
-def signature_from_hashes(hashes: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
-    """MinHash signature of one set of 32-bit shingle hashes: uint32[num_perm]."""
-    a, b = _cached_permutations(num_perm, seed)
-    if hashes.size == 0:
-        return np.full(num_perm, _EMPTY, dtype=np.uint32)
-    best = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-    for lo in range(0, hashes.size, _CHUNK_ROWS):
-        x = hashes[lo : lo + _CHUNK_ROWS, None]
-        # (a*x + b) mod 2**64, the top 32 bits being the hash (multiply-add-shift); ">> 32" is
-        # monotone, so the minimum is taken on the full word and shifted once at the end.
-        block = x * a
-        block += b
-        np.minimum(best, block.min(axis=0), out=best)
-    return (best >> _U64(32)).astype(np.uint32)
+_PROBES: dict[tuple[int, int, int], np.ndarray] = {}
+_MAX_PROBES = 256
 
 
 def minhash_signatures(texts: list[str], num_perm: int = 128, ngram: int = 5, seed: int = 1) -> np.ndarray:
     """MinHash signatures of ``texts``: uint32[len(texts), num_perm].
 
-    Rows of texts without any word are all 0xFFFFFFFF (see ``has_shingles``); give them no band keys.
+    One-permutation hashing with optimal densification (Li et al. 2012; Shrivastava 2017): each
+    shingle's seeded 64-bit hash picks a bin from its top bits and competes with its low 32 bits
+    for that bin's minimum; an empty bin copies the first non-empty bin of a probe sequence that
+    is the same for every text. Each entry then equals between two texts with probability equal
+    to their Jaccard similarity, as in k-permutation MinHash, at O(n + k) per text instead of O(n k).
+    Rows of texts without any word are all 0xFFFFFFFF (see ``has_shingles``): give them no band keys.
     """
-    out = np.empty((len(texts), num_perm), dtype=np.uint32)
-    for i, t in enumerate(texts):
-        out[i] = signature_from_hashes(shingle_hashes(t, ngram), num_perm, seed)
-    return out
+    k = num_perm
+    out = np.empty(len(texts) * k, dtype=np.uint32)
+    out.fill(_EMPTY)
+    if not texts:
+        return out.reshape(0, k)
+    hashes, owners = _batch_shingles(texts, ngram)
+    if hashes.size:
+        h = _fmix64(hashes ^ _fmix64(np.asarray([seed], dtype=np.uint64))[0])  # seeded re-mix
+        bins = ((h >> _U64(32)) * _U64(k)) >> _U64(32)
+        slot = owners * k + bins.astype(np.int64)
+        # The value competing inside a bin is independent of the bits that chose the bin.
+        np.minimum.at(out, slot, (h & _MASK32).astype(np.uint32))
+    sig = out.reshape(len(texts), k)
+    filled = sig != _EMPTY
+    has_any = filled.any(axis=1)
+    empty_r, empty_c = np.nonzero(~filled & has_any[:, None])
+    if empty_r.size:
+        probes = _probe_table(k, seed, _MAX_PROBES)
+        src = sig.copy()
+        todo = np.arange(empty_r.size)
+        for a in range(_MAX_PROBES):
+            cand = probes[a, empty_c[todo]]
+            vals = src[empty_r[todo], cand]
+            hit = vals != _EMPTY
+            sig[empty_r[todo[hit]], empty_c[todo[hit]]] = vals[hit]
+            todo = todo[~hit]
+            if todo.size == 0:
+                break
+        for t in todo.tolist():  # beyond the probe table (texts of one or two shingles): scan on
+            r, c = empty_r[t], empty_c[t]
+            row = src[r]
+            nz = np.flatnonzero(row != _EMPTY)
+            sig[r, c] = row[nz[np.searchsorted(nz, c) % nz.size]]
+    return sig
 
 
 def has_shingles(sig: np.ndarray) -> bool:

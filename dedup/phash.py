@@ -35,16 +35,19 @@ def phash256(img: Image.Image) -> np.ndarray:
 
 
 def trim_border(img: Image.Image, tolerance: int = 12, max_trim: float = 0.45) -> Image.Image:
-    """Cut uniform borders (letterbox, pillarbox, frames): rows/columns whose pixels all lie within
-    ``tolerance`` of the corner colour. Never cuts more than ``max_trim`` of a side's length."""
+    """Cut uniform borders (letterbox, pillarbox, frames): outer rows/columns whose pixels lie within
+    ``tolerance`` of the corners' colour. Returns ``img`` itself when there is nothing to cut, or
+    when cutting would remove more than ``max_trim`` of a side from each end."""
     grey = np.asarray(img.convert("L"), dtype=np.int16)
     h, w = grey.shape
     if h < 8 or w < 8:
         return img
     corner = int(np.median([grey[0, 0], grey[0, -1], grey[-1, 0], grey[-1, -1]]))
     off = np.abs(grey - corner) > tolerance
-    rows = np.flatnonzero(off.any(axis=1))
-    cols = np.flatnonzero(off.any(axis=0))
+    # A line belongs to the image when more than 2% of it differs from the border colour
+    # (JPEG ringing puts a few off pixels into a plain border).
+    rows = np.flatnonzero(off.mean(axis=1) > 0.02)
+    cols = np.flatnonzero(off.mean(axis=0) > 0.02)
     if rows.size == 0 or cols.size == 0:
         return img
     top, bottom = int(rows[0]), int(rows[-1]) + 1
@@ -64,6 +67,26 @@ def phash64_trim(img: Image.Image) -> np.ndarray:
 def phash256_trim(img: Image.Image) -> np.ndarray:
     """256-bit pHash after cutting uniform borders."""
     return phash256(trim_border(img))
+
+
+def query_codes(feature: str, img: Image.Image | None, stage_hex: str | None = None, trim: bool = True) -> list[np.ndarray]:
+    """Codes a crawled image is searched under; its distance is the smallest of theirs.
+
+    The first is ``feature`` of the image as stored (``stage_hex``, the image stage's phash64,
+    stands in for it when given); when ``trim`` is on and the image has a uniform border
+    (letterbox, frame), a second code is taken of the image without it. Images without a border
+    get one code, so trimming adds no false-positive chances for them.
+    """
+    codes = []
+    if feature == "phash64" and stage_hex:
+        codes.append(hex_to_code(stage_hex))
+    elif img is not None:
+        codes.append(compute(feature, img))
+    if trim and img is not None:
+        cut = trim_border(img)
+        if cut is not img:
+            codes.append(compute(feature, cut))
+    return codes
 
 
 FEATURES: dict[str, tuple[int, Callable[[Image.Image], np.ndarray]]] = {
