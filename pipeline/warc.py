@@ -588,7 +588,7 @@ class _FileReader:
             yield from self._convert_all(self._fastwarc(reader, stream if seekable else None))
         else:
             arc = first_line.startswith(b"filedesc://")
-            yield from self._convert_all(self._warcio(reader, base=0, skip_offset=None, arc=arc))
+            yield from self._convert_all(self._warcio(reader, base=0, arc=arc))
 
     def _convert_all(self, raws: Iterator[_Raw]) -> Iterator[Item]:
         for raw in raws:
@@ -626,7 +626,7 @@ class _FileReader:
             # length and recovers (or names the damage in) whatever follows where FastWARC stopped.
             resume = pending.offset if pending is not None else 0
             seekable_stream.seek(resume)
-            tail = self._warcio(_CountingReader(seekable_stream), base=resume, skip_offset=None)
+            tail = self._warcio(_CountingReader(seekable_stream), base=resume)
             first = next(tail, None)
             if pending is not None:
                 if first is not None and first.offset == resume and not first.reason:
@@ -666,7 +666,8 @@ class _FileReader:
             self._fill(raw, rec.reader.read)
         return raw
 
-    def _warcio(self, reader: _CountingReader, base: int, skip_offset: int | None, arc: bool = False) -> Iterator[_Raw]:
+    def _warcio(self, reader: _CountingReader, base: int, arc: bool = False) -> Iterator[_Raw]:
+        """Records via warcio from the reader's start, which is at ``base`` in the file; damage ends it."""
         from warcio.archiveiterator import ArchiveIterator
 
         last_offset = base
@@ -694,8 +695,6 @@ class _FileReader:
                 it.read_to_end(rec)  # offset and length are known only once the record is consumed
                 raw.offset = last_offset = base + it.get_record_offset()
                 raw.length = it.get_record_length()
-                if skip_offset is not None and offset == skip_offset:
-                    continue  # already returned by the fast path
                 yield raw
         except _PANIC as e:  # warcio raises ArchiveLoadFailed, zlib.error, EOFError, ValueError...
             yield _Raw("damage", last_offset, -1, -1, reason=_damage_reason(e), detail=str(e).strip()[:200])

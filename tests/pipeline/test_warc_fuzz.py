@@ -36,7 +36,7 @@ from pipeline.warc import iter_warc
 from tests.conftest import shared_path
 
 SEED = 20240601
-N_INPUTS = 1200
+N_INPUTS = 1000
 PER_INPUT_SECONDS = 10.0
 MAX_RSS_GROWTH = 500 << 20
 EXTRACT_PAGES_PER_INPUT = 1  # extraction is the slow part of the campaign
