@@ -255,14 +255,15 @@ def _stats_copy(im: Image.Image) -> Image.Image:
     return im.reduce(factor) if factor > 1 else im
 
 
-def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
+def _encode(im: Image.Image, fmt: str, quality: int, icc_profile: bytes | None) -> bytes:
     buf = io.BytesIO()
+    extra = {"icc_profile": icc_profile} if icc_profile else {}
     if fmt == "jpeg":
-        im.save(buf, "JPEG", quality=quality, optimize=False, progressive=False)
+        im.save(buf, "JPEG", quality=quality, optimize=False, progressive=False, **extra)
     elif fmt == "webp":
-        im.save(buf, "WEBP", quality=quality, method=4)
+        im.save(buf, "WEBP", quality=quality, method=4, **extra)
     else:
-        im.save(buf, "PNG", compress_level=6)
+        im.save(buf, "PNG", compress_level=6, **extra)
     return buf.getvalue()
 
 
@@ -282,8 +283,10 @@ def process_image(
     ``REJECT_REASONS``. Checks run cheapest first: byte size and URL keywords, then the header
     (format, dimensions, pixel cap), then the pixels (colour variance). The stored image is RGB,
     EXIF-oriented, its longest side at most ``cfg.resize_longest_side`` (never upscaled), encoded
-    as ``cfg.encode_format``. A JPEG that needs no change is stored as is minus its metadata
-    segments (no generation loss). Animated images keep their first frame.
+    as ``cfg.encode_format`` ("keep": JPEG and WebP stay in their format, everything else becomes
+    PNG). A JPEG that needs no change (RGB, upright, small enough) is stored as is minus its
+    EXIF/XMP/comment segments: no generation loss. Animated images keep their first frame. An RGB
+    ICC profile is carried over to the stored image.
     """
     n = len(data)
     if cfg.min_bytes is not None and n < cfg.min_bytes:
@@ -353,6 +356,9 @@ def process_image(
             im.load()  # an animated image opens on, and loads, its first frame
             if orientation not in (1, None):
                 im = ImageOps.exif_transpose(im)
+            # An RGB colour profile stays with the pixels (wide-gamut photos would shift colour
+            # without it); CMYK and grey profiles do not describe the converted RGB pixels.
+            icc = im.info.get("icc_profile") if im.mode in ("RGB", "RGBA", "P") else None
             rgb = _to_rgb(im)
             if scale < 1.0:
                 ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # transposed by EXIF
@@ -376,7 +382,7 @@ def process_image(
         out = _strip_jpeg_metadata(data)
         ow, oh = w, h
     else:
-        out = _encode(stored, out_fmt, cfg.encode_quality)
+        out = _encode(stored, out_fmt, cfg.encode_quality, icc)
         ow, oh = stored.size
     return ProcessedImage(
         data=out,

@@ -363,3 +363,13 @@ def test_resolved_image_applies_to_a_node():
     )
     assert out.data == got.data and out.original_sha256 == got.original_sha256
     assert dataclasses.asdict(out)["url"] == URL
+
+
+def test_rgb_colour_profile_is_kept_and_cmyk_profile_is_not():
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    png = encode(Image.fromarray(photo((200, 150))), "PNG", icc_profile=icc)
+    assert decode(process_image(png, URL).data).info.get("icc_profile") == icc
+    cmyk = encode(Image.fromarray(photo((200, 150))).convert("CMYK"), "JPEG", icc_profile=icc)
+    assert decode(process_image(cmyk, URL).data).info.get("icc_profile") is None
