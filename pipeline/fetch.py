@@ -186,7 +186,7 @@ class Fetcher:
 
     # -- connection -------------------------------------------------------------------------
 
-    def _connect(self, url: str) -> tuple[http.client.HTTPConnection, str, str]:
+    def _connect(self, url: str, deadline: float) -> tuple[http.client.HTTPConnection, str, str]:
         """A connection pinned to a checked address, and the request target."""
         try:
             p = urlsplit(url)
@@ -197,7 +197,7 @@ class Fetcher:
             raise _Fail("bad_url", url[:200])
         try:
             addresses = self._resolve(p.hostname, port)
-        except (socket.gaierror, UnicodeError) as e:
+        except (OSError, UnicodeError) as e:  # socket.gaierror and friends
             raise _Fail("dns_error", f"{p.hostname}: {e}") from None
         if not addresses:
             raise _Fail("dns_error", f"{p.hostname}: no address")
@@ -205,7 +205,9 @@ class Fetcher:
         if refused:  # one bad answer is enough: a rebinding attacker mixes them
             raise _Fail("private_address", f"{p.hostname} -> {refused[0]}")
         ip = addresses[0]
-        timeout = self.cfg.timeout_s
+        timeout = deadline - time.monotonic()  # what is left of this attempt, redirects included
+        if timeout <= 0:
+            raise _Fail("timeout", f"no time left for {url[:200]}")
         if p.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(p.hostname, port, timeout=timeout, context=self._ssl)
         else:
@@ -217,7 +219,7 @@ class Fetcher:
 
     def _get(self, url: str, max_bytes: int, deadline: float) -> FetchResult:
         """One GET without following redirects. Raises _Fail on transport errors."""
-        conn, target, ip = self._connect(url)
+        conn, target, ip = self._connect(url, deadline)
         try:
             conn.request(
                 "GET",
