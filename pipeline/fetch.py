@@ -599,12 +599,17 @@ class WarcArchive:
         headers = [(k, v) for k, v in res.headers if k.lower() not in drop]
         headers.append(("Content-Length", str(len(res.body))))
         http_headers = StatusAndHeaders(f"{res.status} {res.reason_phrase}".strip(), headers, protocol="HTTP/1.1")
+        warc_headers = {"WARC-Date": res.fetched_at, "WARC-IP-Address": res.ip}
+        if res.final_url != res.url:
+            # Recorded under the URL the documents reference, so a rebuild from the archive joins
+            # it to them; where the bytes really came from is kept in an extension field.
+            warc_headers["M3W-Final-URI"] = res.final_url
         record = self._writer.create_warc_record(
-            res.final_url,
+            res.url,
             "response",
             payload=BytesIO(res.body),
             http_headers=http_headers,
-            warc_headers_dict={"WARC-Date": res.fetched_at, "WARC-IP-Address": res.ip},
+            warc_headers_dict=warc_headers,
         )
         offset = self._fh.tell()
         self._writer.write_record(record)
