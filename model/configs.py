@@ -43,7 +43,7 @@ class ResamplerConfig:
     d_model: int = 1536  # paper Table 4; features are projected from the encoder's width if it differs
     n_layers: int = 6
     n_heads: int = 16
-    head_dim: int = 96  # 16 × 96 = 1536
+    head_dim: int = 128  # 16 × 128: with these widths the resampler has the paper's 194M parameters
     n_latents: int = 64  # 64 visual tokens per image, whatever the number of frames
     ffw_mult: int = 4
     act: str = "sqrelu"  # the paper's feed-forwards use squared ReLU; OpenFlamingo uses GELU
