@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import ImageConfig, LimitsConfig
-from pipeline.images import ImageRejected, ResolvedImage, process_image
+from pipeline.images import REJECT_REASONS, ImageRejected, ResolvedImage, process_image
 from schemas.document import ImageNode, Provenance
 from tests.conftest import REPO, shared_path
 
@@ -373,3 +373,39 @@ def test_rgb_colour_profile_is_kept_and_cmyk_profile_is_not():
     assert decode(process_image(png, URL).data).info.get("icc_profile") == icc
     cmyk = encode(Image.fromarray(photo((200, 150))).convert("CMYK"), "JPEG", icc_profile=icc)
     assert decode(process_image(cmyk, URL).data).info.get("icc_profile") is None
+
+
+_SEEDS = [
+    ("imagededup_tests", "base_images", "ukbench09040.jpg"),
+    ("imagededup_tests", "formats_images", "giphy.gif"),
+    ("imagededup_tests", "formats_images", "copyleft.tiff"),
+    ("imagededup_tests", "formats_images", "ukbench09380.webp"),
+    ("skimage_data_photos", "coins.png"),
+]
+
+
+def test_damaged_real_images_are_kept_or_rejected_never_crash():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    seeds = [read(*parts) for parts in _SEEDS]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        which=st.integers(0, len(seeds) - 1),
+        cut=st.floats(0.0, 1.0),
+        flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=8),
+    )
+    def check(which, cut, flips):
+        data = bytearray(seeds[which])
+        for pos, value in flips:
+            data[int(pos * (len(data) - 1))] = value
+        data = bytes(data[: max(1, int(len(data) * cut))]) if cut < 1.0 else bytes(data)
+        try:
+            got = process_image(data, URL, ImageConfig(min_bytes=None))
+        except ImageRejected as e:
+            assert e.reason in REJECT_REASONS
+            return
+        assert decode(got.data).mode == "RGB" and got.width <= 640 and got.height <= 640
+
+    check()
