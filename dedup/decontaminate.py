@@ -3,7 +3,9 @@
 Each resolved image is matched against an evaluation index (dedup/eval_index.py) by the Hamming
 distance of its perceptual hash to the nearest evaluation image; within
 ``max_hamming_distance`` it is a match. ``phash64`` comes from ``ImageNode.phash`` as the image
-stage computed it; any other feature is computed here from ``ImageNode.data``.
+stage computed it; any other feature is computed here from ``ImageNode.data``. With
+``trim_borders`` an image with a uniform border (letterbox, frame) is also searched without it
+(dedup.phash.query_codes); the calibration behind the defaults is in docs/bench/dedup.md.
 """
 from __future__ import annotations
 
@@ -57,26 +59,25 @@ class _DecontaminateFn(beam.DoFn):
         self.index._feature(self.cfg.feature)  # fail at start-up, not on the first image
 
     def _codes(self, images: list[ImageNode]) -> tuple[list[int], np.ndarray]:
-        """Positions (in ``images``) that could be hashed, and their codes."""
-        feature = self.cfg.feature
+        """Codes to search, each with the position (in ``images``) of the image it belongs to."""
+        feature, trim = self.cfg.feature, self.cfg.trim_borders
         pos: list[int] = []
         codes: list[np.ndarray] = []
         for i, img in enumerate(images):
-            code = None
-            if feature == "phash64" and img.phash:
-                code = phash.hex_to_code(img.phash)
-            elif img.data:
+            pixels = None
+            needs_pixels = trim or not (feature == "phash64" and img.phash)
+            if needs_pixels and img.data:
                 try:
-                    code = phash.compute(feature, phash.decode_rgb(img.data))
+                    pixels = phash.decode_rgb(img.data)
                 except (OSError, ValueError):
                     # The image stage decoded these bytes already; count the oddity, keep the image.
                     self.undecodable.inc()
-                    continue
-            if code is None:
+            found = phash.query_codes(feature, pixels, img.phash if feature == "phash64" else None, trim)
+            if not found:
                 self.unhashed.inc()
                 continue
-            pos.append(i)
-            codes.append(code)
+            pos.extend([i] * len(found))
+            codes.extend(found)
         if not codes:
             return pos, np.zeros((0, phash.feature_bits(feature) // 8), dtype=np.uint8)
         return pos, np.stack(codes)
@@ -87,13 +88,15 @@ class _DecontaminateFn(beam.DoFn):
             yield doc
             return
         pos, codes = self._codes(images)
-        self.checked.inc(len(pos))
+        self.checked.inc(len(set(pos)))
         hits: dict[int, tuple[int, str, str]] = {}
         if len(pos):
             dist, sets, ids = self.index.search(codes, self.cfg.feature)
-            for j, i in enumerate(pos):
+            for j, i in enumerate(pos):  # an image's distance: the smallest over its codes
                 if dist[j] <= self.cfg.max_hamming_distance:
-                    hits[id(images[i])] = (int(dist[j]), sets[j], ids[j])
+                    prev = hits.get(id(images[i]))
+                    if prev is None or dist[j] < prev[0]:
+                        hits[id(images[i])] = (int(dist[j]), sets[j], ids[j])
         if not hits:
             yield doc
             return

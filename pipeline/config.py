@@ -177,6 +177,7 @@ class DecontaminationConfig:
     index: str | None = None  # --eval-index PATH
     feature: str = "phash64"  # ImageNode.phash as the image stage computes it (dedup/phash.py lists others)
     max_hamming_distance: int = 10  # of `feature`; calibrated in docs/bench/dedup.md
+    trim_borders: bool = True  # also search each bordered/letterboxed image without its border
     drop: str = "image"  # "image" | "document"
 
 
