@@ -21,7 +21,6 @@ import hashlib
 import os
 import re
 import string
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
@@ -43,32 +42,31 @@ FLAGGED_WORDS_FILE = os.path.join(DATA_DIR, "flagged_words_en.txt")
 # ---------------------------------------------------------------------------------------------
 # Tokens
 
-# OBELICS/BLOOM count punctuation, digits, whitespace and common typographic symbols and emoji as
+# OBELICS/BLOOM count punctuation, digits, whitespace, common typographic symbols and emoji as
 # "special characters"; the same set is stripped from both ends of each word.
 _TYPOGRAPHIC = "“”‘’«»‹›„‚–—―‐‑‒…•·°±×÷§¶©®™†‡′″¦¬¯´¸¨¡¿€£¥¢¤½¼¾⁄→←↑↓↔⇒■□▪▫●○◆◇★☆✓✔✗✘"
-SPECIAL_CHARACTERS = frozenset(string.punctuation + string.digits + string.whitespace + _TYPOGRAPHIC)
-_STRIP_CHARS = "".join(sorted(SPECIAL_CHARACTERS))
-_SPECIAL_RE = re.compile(
-    "[" + re.escape(string.punctuation + _TYPOGRAPHIC) + r"\s\d"
-    + "\u2600-\u27bf\U0001f000-\U0001faff\ufe0f]"
-)
-_EMOJI_STRIP = "".join(chr(c) for c in (*range(0x2600, 0x27C0), 0xFE0F))
+_SPECIAL_CLASS = re.escape(string.punctuation + _TYPOGRAPHIC) + r"\d\s\u2600-\u27bf\ufe0f\U0001f000-\U0001faff"
+_SPECIAL_RUN_RE = re.compile(f"[{_SPECIAL_CLASS}]+")
+# A word: from the first to the last non-special character of a whitespace-separated token. Equal
+# to split() then strip(specials) per token, but one C-level pass over the text.
+_WORD_RE = re.compile(f"[^{_SPECIAL_CLASS}](?:\\S*[^{_SPECIAL_CLASS}])?")
+# A token holding a letter, matched once at its start; the lookbehind keeps it linear on long
+# letterless tokens (a lazy scan from every position would be quadratic).
+_LETTER_TOKEN_RE = re.compile(r"(?<!\S)\S*?[^\W\d_]")
 
 # Gopher's stop-word rule: a real English text has at least two of these (MassiveText, datatrove).
 GOPHER_STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 
 
+def is_special(ch: str) -> bool:
+    """Whether one character counts as special (punctuation, digit, whitespace, symbol, emoji)."""
+    return _SPECIAL_RUN_RE.fullmatch(ch) is not None
+
+
 def words(text: str) -> list[str]:
-    """OBELICS words: whitespace-split, lower-cased, special characters stripped from both ends,
-    empty words dropped; the typographic apostrophe is folded to ``'`` so "don’t" is a stop word."""
-    out = []
-    for w in text.lower().replace("’", "'").split():
-        w = w.strip(_STRIP_CHARS)
-        if w and w[-1] > "\u2000":  # rare: trailing emoji
-            w = w.strip(_EMOJI_STRIP)
-        if w:
-            out.append(w)
-    return out
+    """OBELICS words: whitespace-separated tokens, lower-cased, special characters stripped from
+    both ends, empty ones dropped; "’" is folded to "'" so "don’t" is a stop word."""
+    return _WORD_RE.findall(text.lower().replace("’", "'"))
 
 
 def word_count(text: str) -> int:
@@ -96,23 +94,81 @@ def mean_word_length(ws: list[str]) -> float:
     return sum(map(len, ws)) / len(ws) if ws else 0.0
 
 
+def special_char_count(text: str) -> int:
+    return sum(map(len, _SPECIAL_RUN_RE.findall(text)))
+
+
 def special_char_ratio(text: str) -> float:
     """Share of characters that are punctuation, digits, whitespace, typographic symbols or emoji."""
-    if not text:
-        return 0.0
-    return len(_SPECIAL_RE.findall(text)) / len(text)
+    return special_char_count(text) / len(text) if text else 0.0
+
+
+@functools.lru_cache(maxsize=1)
+def _char_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(special, whitespace) flags for every BMP code point, from the same regexes as above."""
+    chars = [chr(c) for c in range(0x10000)]
+    special = np.fromiter((_SPECIAL_RUN_RE.fullmatch(c) is not None for c in chars), dtype=bool, count=0x10000)
+    space = np.fromiter((c.isspace() for c in chars), dtype=bool, count=0x10000)
+    return special, space
+
+
+def _char_flags(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(special, whitespace) per code point; the rare astral ones are looked up one by one."""
+    special_t, space_t = _char_tables()
+    bmp = np.minimum(cps, 0xFFFF)
+    special, space = special_t[bmp], space_t[bmp]
+    astral = np.flatnonzero(cps > 0xFFFF)
+    for i in astral.tolist():
+        c = chr(int(cps[i]))
+        special[i] = _SPECIAL_RUN_RE.fullmatch(c) is not None
+        space[i] = c.isspace()
+    return special, space
+
+
+def text_counts(texts: list[str]) -> tuple[list[int], list[int]]:
+    """(word count, special-character count) of each text, in one vectorised pass: equal to
+    ``len(words(t))`` and ``special_char_count(t)`` (a word is a whitespace-separated token with
+    at least one non-special character)."""
+    n = len(texts)
+    lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+    total = int(lens.sum())
+    if total == 0:
+        return [0] * n, [0] * n
+    # Lower-casing first, as words() does: it can change a character's class (rarely its length).
+    low = [t.lower().replace("’", "'") for t in texts]
+    if any(len(a) != len(b) for a, b in zip(low, texts)):
+        return [len(words(t)) for t in texts], [special_char_count(t) for t in texts]
+    cps = np.frombuffer("".join(low).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    # Lower-casing maps letters (and a few letter-like symbols) to letters: never into or out of
+    # the special class, so one set of flags serves both counts.
+    special, space = _char_flags(cps)
+    owner = np.repeat(np.arange(n), lens)  # text index of each character
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+    # A token starts at a non-space character preceded by a space or by the start of its text.
+    prev_space = np.empty(total, dtype=bool)
+    prev_space[0] = True
+    prev_space[1:] = space[:-1]
+    prev_space[starts[lens > 0]] = True
+    token_id = np.cumsum(~space & prev_space) - 1
+    has_word = np.zeros(int(token_id[-1]) + 2, dtype=bool)
+    has_word[token_id[~special]] = True  # ~special implies non-space, so inside a token
+    token_owner = np.full(len(has_word), -1, dtype=np.int64)
+    token_owner[token_id[~space]] = owner[~space]
+    words_per_text = np.bincount(token_owner[has_word], minlength=n)
+    specials_per_text = np.bincount(owner[special], minlength=n)
+    return words_per_text.tolist(), specials_per_text.tolist()
 
 
 def word_ratio(ws: list[str], vocabulary: frozenset[str]) -> float:
     """Share of words found in ``vocabulary`` (stop-word ratio, flagged-word ratio)."""
     if not ws:
         return 0.0
-    return sum(1 for w in ws if w in vocabulary) / len(ws)
+    return sum(map(vocabulary.__contains__, ws)) / len(ws)
 
 
 def gopher_stop_word_count(ws: list[str]) -> int:
     """How many words are among {the, be, to, of, and, that, have, with}."""
-    return sum(1 for w in ws if w in GOPHER_STOP_WORDS)
+    return sum(map(GOPHER_STOP_WORDS.__contains__, ws))
 
 
 def symbol_word_ratio(text: str, n_words: int) -> float:
@@ -147,116 +203,175 @@ def ellipsis_lines_ratio(text: str) -> float:
 
 def alpha_words_ratio(text: str) -> float:
     """Gopher: share of whitespace-separated tokens containing at least one letter."""
-    toks = text.split()
-    if not toks:
-        return 0.0
-    return sum(1 for t in toks if t.isalpha() or any(c.isalpha() for c in t)) / len(toks)
+    n = len(text.split())
+    return len(_LETTER_TOKEN_RE.findall(text)) / n if n else 0.0
 
 
-# Random odd 64-bit multipliers for window hashes of code points / word ids. Fixed seed: the same
-# text always measures the same; a collision needs ~2^32 distinct windows, far beyond any document.
-_MULTIPLIERS = np.random.default_rng(20230601).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)
+# N-gram statistics hash every window with a polynomial hash mod 2^64, computed for all windows at
+# once from prefix sums: h(i, n) = (P[i+n] - P[i]) * B^-i. Exact for our purposes: a collision needs
+# ~2^32 distinct windows, far beyond any document.
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
+_BASE_INV = np.uint64(pow(int(_BASE), -1, 2**64))
+_POW: np.ndarray = np.ones(1, dtype=np.uint64)
+_POW_INV: np.ndarray = np.ones(1, dtype=np.uint64)
+
+
+def _powers(m: int) -> tuple[np.ndarray, np.ndarray]:
+    global _POW, _POW_INV
+    if len(_POW) < m:
+        size = max(m, 2 * len(_POW), 4096)
+        with np.errstate(over="ignore"):
+            _POW = np.cumprod(np.full(size, _BASE, dtype=np.uint64)) * _BASE_INV
+            _POW_INV = np.cumprod(np.full(size, _BASE_INV, dtype=np.uint64)) * _BASE
+    return _POW[:m], _POW_INV[:m]
 
 
 def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
-    """64-bit hash of every length-``n`` window of ``ids`` (uint64), shape (len(ids)-n+1,)."""
-    m = len(ids) - n + 1
+    """Hash of every length-``n`` window of ``ids`` (uint64), shape (len(ids) - n + 1,)."""
+    m = len(ids)
+    pw, pinv = _powers(m + 1)
     with np.errstate(over="ignore"):
-        h = ids[:m] * _MULTIPLIERS[0]
-        for k in range(1, n):
-            h = h + ids[k : k + m] * _MULTIPLIERS[k]
-    return h
+        prefix = np.empty(m + 1, dtype=np.uint64)
+        prefix[0] = 0
+        np.cumsum(ids * pw[:m], out=prefix[1:])
+        return (prefix[n:] - prefix[: m - n + 1]) * pinv[: m - n + 1]
 
 
 def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64) + np.uint64(1)
 
 
 def _word_ids(ws: list[str]) -> np.ndarray:
-    index: dict[str, int] = {}
-    return np.fromiter((index.setdefault(w, len(index)) for w in ws), dtype=np.uint64, count=len(ws)) + np.uint64(1)
+    # str hashes are cached on the objects; equal words hash equal within a process.
+    return np.fromiter(map(hash, ws), dtype=np.int64, count=len(ws)).view(np.uint64) | np.uint64(1)
 
 
-def _obelics_char_ratio(counts: np.ndarray) -> float:
+def _grouped_ngram_counts(hashes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct n-grams per text: (text index, count) per distinct (text, n-gram), one sort."""
+    if not hashes:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    bits = max(1, (len(hashes) - 1).bit_length())
+    tags = np.repeat(np.arange(len(hashes), dtype=np.uint64), [len(h) for h in hashes])
+    keys = (np.concatenate(hashes) << np.uint64(bits)) | tags
+    uniq, counts = np.unique(keys, return_counts=True)
+    return (uniq & np.uint64((1 << bits) - 1)).astype(np.int64), counts
+
+
+def char_ngram_repetitions(texts: list[str], n: int = 10) -> list[float]:
+    """``char_ngram_repetition`` of each text, computed for all texts in one vectorised pass."""
+    out = [0.0] * len(texts)
+    idx = [i for i, t in enumerate(texts) if len(t) >= n]
+    if not idx:
+        return out
+    cps = _codepoints("".join(texts[i] for i in idx))
+    hashes, start = [], 0
+    all_h = _window_hashes(cps, n)
+    for i in idx:
+        m = len(texts[i])
+        hashes.append(all_h[start : start + m - n + 1])  # windows inside this text only
+        start += m
+    tag, counts = _grouped_ngram_counts(hashes)
+    k_texts = len(idx)
+    distinct = np.bincount(tag, minlength=k_texts)
+    repeated_mask = counts > 1
+    repeated = np.bincount(tag[repeated_mask], minlength=k_texts)
     # OBELICS/BLOOM: the top floor(sqrt(#distinct)) n-grams, but never counting singletons.
-    if counts.size == 0:
-        return 0.0
-    singles = int((counts == 1).sum())
-    k = min(int(np.sqrt(counts.size)), counts.size - singles)
-    if k <= 0:
-        return 0.0
-    top = np.partition(counts, counts.size - k)[counts.size - k :]
-    return float(top.sum() / counts.sum())
+    k = np.minimum(np.sqrt(distinct).astype(np.int64), repeated)
+    if not k.any():
+        return out
+    rt, rc = tag[repeated_mask], counts[repeated_mask]
+    order = np.lexsort((-rc, rt))
+    rt, rc = rt[order], rc[order]
+    rank = np.arange(len(rt)) - np.searchsorted(rt, rt)
+    sel = rank < k[rt]
+    top = np.bincount(rt[sel], weights=rc[sel], minlength=k_texts)
+    for j, i in enumerate(idx):
+        out[i] = float(top[j] / (len(texts[i]) - n + 1))
+    return out
 
 
 def char_ngram_repetition(text: str, n: int = 10) -> float:
     """OBELICS character repetition: share of character n-grams taken by the most repeated ones
     (the top √(distinct) n-grams that occur more than once)."""
-    if len(text) < n:
-        return 0.0
-    if len(text) < 600:  # small paragraphs: a Counter beats numpy's per-call overhead
-        counts = np.fromiter(Counter(text[i : i + n] for i in range(len(text) - n + 1)).values(), dtype=np.int64)
-    else:
-        _, counts = np.unique(_window_hashes(_codepoints(text), n), return_counts=True)
-    return _obelics_char_ratio(counts)
+    return char_ngram_repetitions([text], n)[0]
+
+
+def word_ngram_repetitions(word_lists: list[list[str]], n: int = 5) -> list[float]:
+    """``word_ngram_repetition`` of each word list, in one vectorised pass."""
+    out = [0.0] * len(word_lists)
+    idx = [i for i, ws in enumerate(word_lists) if len(ws) >= n]
+    if not idx:
+        return out
+    all_h = _window_hashes(_word_ids([w for i in idx for w in word_lists[i]]), n)
+    hashes, start = [], 0
+    for i in idx:
+        m = len(word_lists[i])
+        hashes.append(all_h[start : start + m - n + 1])  # windows inside this list only
+        start += m
+    tag, counts = _grouped_ngram_counts(hashes)
+    rep = counts > 1
+    repeated = np.bincount(tag[rep], weights=counts[rep], minlength=len(idx))
+    for j, i in enumerate(idx):
+        out[i] = float(repeated[j] / (len(word_lists[i]) - n + 1))
+    return out
 
 
 def word_ngram_repetition(ws: list[str], n: int = 5) -> float:
     """OBELICS word repetition: share of word n-grams that occur more than once."""
-    if len(ws) < n:
-        return 0.0
-    if len(ws) < 100:
-        counts = np.fromiter(Counter(tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)).values(), dtype=np.int64)
-    else:
-        _, counts = np.unique(_window_hashes(_word_ids(ws), n), return_counts=True)
-    total = counts.sum()
-    return float(counts[counts > 1].sum() / total) if total else 0.0
+    return word_ngram_repetitions([ws], n)[0]
 
 
 def _ngram_char_lengths(ws: list[str], n: int) -> np.ndarray:
     """Characters in each word n-gram joined by single spaces, shape (len(ws)-n+1,)."""
-    cum = np.concatenate(([0], np.cumsum([len(w) for w in ws])))
+    cum = np.zeros(len(ws) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, ws), dtype=np.int64, count=len(ws)), out=cum[1:])
     return cum[n:] - cum[:-n] + (n - 1)
 
 
-def top_ngram_char_frac(ws: list[str], n: int, text_len: int) -> float:
+def top_ngram_char_frac(ws: list[str], n: int, text_len: int, _ids: np.ndarray | None = None) -> float:
     """Gopher: characters covered by the most frequent repeated word n-gram, over the text length.
 
-    An n-gram seen once is not a repetition; datatrove counts it anyway, which fails short
-    documents whose every bigram is unique, so we require a count above one.
+    Ties go to the n-gram seen first. An n-gram seen once is not a repetition; datatrove counts
+    it anyway, which fails short documents whose every bigram is unique, so we require a count
+    above one.
     """
     if len(ws) < n or text_len <= 0:
         return 0.0
-    hashes = _window_hashes(_word_ids(ws), n)
-    uniq, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-    best = int(counts.argmax())
-    if counts[best] < 2:
+    hashes = _window_hashes(_word_ids(ws) if _ids is None else _ids, n)
+    uniq, counts = np.unique(hashes, return_counts=True)
+    top = counts.max()
+    if top < 2:
         return 0.0
-    first = int(np.flatnonzero(inverse == best)[0])
-    length = int(_ngram_char_lengths(ws, n)[first])
-    return min(1.0, length * int(counts[best]) / text_len)
+    best = uniq[counts == top]
+    at = int(np.flatnonzero(hashes == best[0] if len(best) == 1 else np.isin(hashes, best))[0])
+    length = int(_ngram_char_lengths(ws[at : at + n], n)[0])
+    return min(1.0, length * int(top) / text_len)
 
 
-def dup_ngram_char_frac(ws: list[str], n: int, text_len: int) -> float:
+def dup_ngram_char_frac(ws: list[str], n: int, text_len: int, _ids: np.ndarray | None = None) -> float:
     """Gopher: characters in repeated word n-grams over the text length. Scanning left to right, a
     window already seen counts its characters and the scan jumps past it, so overlapping repeats
     are not counted twice (datatrove's ``find_all_duplicate``)."""
     if len(ws) < n or text_len <= 0:
         return 0.0
-    hashes = _window_hashes(_word_ids(ws), n)
-    if np.unique(hashes).size == hashes.size:  # the usual case: nothing repeats
+    hashes = _window_hashes(_word_ids(ws) if _ids is None else _ids, n)
+    uniq, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    repeated_at = np.flatnonzero(counts[inverse] > 1)
+    if repeated_at.size == 0:  # the usual case: nothing repeats
         return 0.0
-    lengths = _ngram_char_lengths(ws, n).tolist()
-    hs = hashes.tolist()
+    # Windows seen once never match later ones, so only windows of repeated n-grams need the
+    # sequential scan; the jumps are replayed over their positions.
+    lengths = _ngram_char_lengths(ws, n)
     seen: set[int] = set()
-    repeated, i, m = 0, 0, len(hs)
-    while i < m:
-        if hs[i] in seen:
-            repeated += lengths[i]
-            i += n
+    repeated, nxt = 0, 0
+    for pos, h in zip(repeated_at.tolist(), hashes[repeated_at].tolist()):
+        if pos < nxt:
+            continue
+        if h in seen:
+            repeated += int(lengths[pos])
+            nxt = pos + n
         else:
-            seen.add(hs[i])
-            i += 1
+            seen.add(h)
     return min(1.0, repeated / text_len)
 
 
@@ -329,40 +444,111 @@ def url_substring_blocked(url: str, substrings: Iterable[str]) -> str | None:
 
 
 class TextStats:
-    """Lazily computed tokenizations of one text, shared by all checks on it."""
+    """Lazily computed tokenizations of one text, shared by all checks on it.
+
+    Plain lazy attributes rather than ``functools.cached_property``, whose per-access lock costs
+    more than most measures on short paragraphs.
+    """
+
+    __slots__ = ("text", "_words", "_n_words", "_word_ids", "_special_ratio", "_paragraphs", "_lines", "no_repeat_n")
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self._words: list[str] | None = None
+        self._n_words: int | None = None
+        self._word_ids: np.ndarray | None = None
+        self._special_ratio: float | None = None
+        self._paragraphs: list[str] | None = None
+        self._lines: list[str] | None = None
+        # Largest n known to have no repeated word n-gram: no longer n-gram can repeat either.
+        self.no_repeat_n: int | None = None
 
-    @functools.cached_property
+    @property
     def words(self) -> list[str]:
-        return words(self.text)
+        if self._words is None:
+            self._words = words(self.text)
+        return self._words
 
-    @functools.cached_property
+    @property
     def n_words(self) -> int:
-        return len(self.words)
+        if self._n_words is None:
+            self._n_words = len(self.words)
+        return self._n_words
 
-    @functools.cached_property
+    @property
+    def word_ids(self) -> np.ndarray:
+        if self._word_ids is None:
+            self._word_ids = _word_ids(self.words)
+        return self._word_ids
+
+    @property
+    def special_ratio(self) -> float:
+        if self._special_ratio is None:
+            self._special_ratio = special_char_ratio(self.text)
+        return self._special_ratio
+
+    @property
     def paragraphs(self) -> list[str]:
-        return split_paragraphs(self.text)
+        if self._paragraphs is None:
+            self._paragraphs = split_paragraphs(self.text)
+        return self._paragraphs
 
-    @functools.cached_property
+    @property
     def lines(self) -> list[str]:
-        return split_lines(self.text)
+        if self._lines is None:
+            self._lines = split_lines(self.text)
+        return self._lines
+
+    @classmethod
+    def joined(cls, parts: list["TextStats"], sep: str = "\n\n") -> "TextStats":
+        """Stats of ``sep.join`` of the parts' texts, reusing their words and special-character
+        counts (words never span a whitespace separator)."""
+        out = cls(sep.join(p.text for p in parts))
+        out._words = [w for p in parts for w in p.words]
+        out._n_words = len(out._words)
+        if out.text:
+            specials = sum(p.special_ratio * len(p.text) for p in parts) + len(sep) * (len(parts) - 1)
+            out._special_ratio = round(specials) / len(out.text)
+        return out
+
+
+def prefill_counts(stats: list[TextStats]) -> None:
+    """Word and special-character counts of many texts in one pass (``text_counts``), so the
+    cheapest paragraph checks never tokenize paragraphs they reject."""
+    todo = [s for s in stats if s._n_words is None or s._special_ratio is None]
+    if not todo:
+        return
+    n_words, specials = text_counts([s.text for s in todo])
+    for s, w, c in zip(todo, n_words, specials):
+        s._n_words = w
+        s._special_ratio = c / len(s.text) if s.text else 0.0
+
+
+def _batched(get: Callable[[TextStats], float]) -> Callable[[list[TextStats]], list[float]]:
+    def measure(stats: list[TextStats]) -> list[float]:
+        prefill_counts(stats)
+        return [get(s) for s in stats]
+
+    return measure
 
 
 @dataclass(frozen=True)
 class Check:
     """``name`` (the config key, also the reject reason) keeps texts whose ``measure`` is at least
-    (``bound == "min"``) or at most (``"max"``) ``threshold``."""
+    (``bound == "min"``) or at most (``"max"``) ``threshold``. ``batch``, when set, measures many
+    texts in one vectorised pass and gives the same values as ``measure`` one by one."""
 
     name: str
     bound: str
     threshold: float
     measure: Callable[[TextStats], float]
+    batch: Callable[[list[TextStats]], list[float]] | None = None
 
     def passes(self, value: float) -> bool:
         return value >= self.threshold if self.bound == "min" else value <= self.threshold
+
+    def measure_many(self, stats: list[TextStats]) -> list[float]:
+        return self.batch(stats) if self.batch is not None else [self.measure(s) for s in stats]
 
 
 def _fmt(v: float) -> str:
@@ -386,16 +572,26 @@ def _stopwords() -> frozenset[str]:
 def node_checks(tf: TextFilterConfig) -> list[Check]:
     """Paragraph (text node) checks, cheapest first (OBELICS node-level defaults)."""
     stop, flagged = _stopwords(), _flagged(tf)
-    spec: list[tuple[str, str, Callable[[TextStats], float]]] = [
-        ("node_min_words", "min", lambda s: s.n_words),
-        ("node_max_words", "max", lambda s: s.n_words),
-        ("node_max_special_char_ratio", "max", lambda s: special_char_ratio(s.text)),
-        ("node_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop)),
-        ("node_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged)),
-        ("node_max_char_10gram_repetition", "max", lambda s: char_ngram_repetition(s.text, 10)),
-        ("node_max_word_5gram_repetition", "max", lambda s: word_ngram_repetition(s.words, 5)),
+    spec: list[tuple[str, str, Callable[[TextStats], float], Callable | None]] = [
+        ("node_min_words", "min", lambda s: s.n_words, _batched(lambda s: s.n_words)),
+        ("node_max_words", "max", lambda s: s.n_words, _batched(lambda s: s.n_words)),
+        ("node_max_special_char_ratio", "max", lambda s: s.special_ratio, _batched(lambda s: s.special_ratio)),
+        ("node_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop), None),
+        ("node_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged), None),
+        (
+            "node_max_char_10gram_repetition",
+            "max",
+            lambda s: char_ngram_repetition(s.text, 10),
+            lambda ss: char_ngram_repetitions([s.text for s in ss], 10),
+        ),
+        (
+            "node_max_word_5gram_repetition",
+            "max",
+            lambda s: word_ngram_repetition(s.words, 5),
+            lambda ss: word_ngram_repetitions([s.words for s in ss], 5),
+        ),
     ]
-    return [Check(k, b, getattr(tf, k), m) for k, b, m in spec if getattr(tf, k) is not None]
+    return [Check(k, b, getattr(tf, k), m, bt) for k, b, m, bt in spec if getattr(tf, k) is not None]
 
 
 def doc_checks(tf: TextFilterConfig) -> list[Check]:
@@ -405,7 +601,7 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
     spec: list[tuple[str, str, Callable[[TextStats], float]]] = [
         ("doc_min_words", "min", lambda s: s.n_words),
         ("doc_max_words", "max", lambda s: s.n_words),
-        ("doc_max_special_char_ratio", "max", lambda s: special_char_ratio(s.text)),
+        ("doc_max_special_char_ratio", "max", lambda s: s.special_ratio),
         ("doc_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop)),
         ("doc_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged)),
         ("gopher_min_stop_words", "min", lambda s: gopher_stop_word_count(s.words)),
@@ -425,13 +621,32 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
     checks = [Check(k, b, getattr(tf, k), m) for k, b, m in spec if getattr(tf, k) is not None]
     for n, frac in sorted((tf.gopher_top_ngram_char_frac or {}).items()):
         checks.append(
-            Check(f"gopher_top_{n}gram_char_frac", "max", frac, lambda s, n=n: top_ngram_char_frac(s.words, n, len(s.text)))
+            Check(
+                f"gopher_top_{n}gram_char_frac",
+                "max",
+                frac,
+                lambda s, n=n: top_ngram_char_frac(s.words, n, len(s.text), s.word_ids),
+            )
         )
     for n, frac in sorted((tf.gopher_dup_ngram_char_frac or {}).items()):
         checks.append(
-            Check(f"gopher_dup_{n}gram_char_frac", "max", frac, lambda s, n=n: dup_ngram_char_frac(s.words, n, len(s.text)))
+            Check(
+                f"gopher_dup_{n}gram_char_frac",
+                "max",
+                frac,
+                lambda s, n=n: _dup_ngram_cached(s, n),
+            )
         )
     return checks
+
+
+def _dup_ngram_cached(s: TextStats, n: int) -> float:
+    if s.no_repeat_n is not None and n > s.no_repeat_n:
+        return 0.0
+    v = dup_ngram_char_frac(s.words, n, len(s.text), s.word_ids)
+    if v == 0.0:
+        s.no_repeat_n = n if s.no_repeat_n is None else min(s.no_repeat_n, n)
+    return v
 
 
 def url_block_reason(url: str, tf: TextFilterConfig) -> tuple[str, str] | None:
@@ -454,6 +669,28 @@ def language_reason(lang: str, score: float, lc: LanguageConfig) -> str | None:
     if lc.min_score is not None and score < lc.min_score:
         return "language_score"
     return None
+
+
+def first_failures(checks: list[Check], stats: list[TextStats]) -> list[tuple[Check, float] | None]:
+    """For each text, its first failing check and measured value (None when all pass).
+
+    Check-major: each check runs once over every text still standing (batched when it can be),
+    which gives each text the same first failure as running its checks in order.
+    """
+    out: list[tuple[Check, float] | None] = [None] * len(stats)
+    alive = list(range(len(stats)))
+    for c in checks:
+        if not alive:
+            break
+        values = c.measure_many([stats[i] for i in alive])
+        still = []
+        for i, v in zip(alive, values):
+            if c.passes(v):
+                still.append(i)
+            else:
+                out[i] = (c, v)
+        alive = still
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,30 +719,24 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
     if reason:
         return None, [reject(reason, f"{lang or 'none'} {score:.3f}")]
 
-    nodes = []
-    checks = node_checks(tf)
-    for i, node in enumerate(doc.nodes):
-        if isinstance(node, TextNode):
-            failed = _first_failure(checks, TextStats(node.text))
-            if failed:
-                rejects.append(reject(failed[0].name, detail(failed[0], failed[1], i)))
-                continue
-        nodes.append(node)
+    text_at = [i for i, n in enumerate(doc.nodes) if isinstance(n, TextNode)]
+    stats = [TextStats(doc.nodes[i].text) for i in text_at]
+    failures = first_failures(node_checks(tf), stats)
+    dropped, kept_stats = set(), []
+    for i, st, failed in zip(text_at, stats, failures):
+        if failed:
+            dropped.add(i)
+            rejects.append(reject(failed[0].name, detail(failed[0], failed[1], i)))
+        else:
+            kept_stats.append(st)
+    nodes = [n for i, n in enumerate(doc.nodes) if i not in dropped]
 
     kept = dataclasses.replace(doc, nodes=nodes, language=lang, language_score=round(score, 4))
-    failed = _first_failure(doc_checks(tf), TextStats(kept.text))
+    (failed,) = first_failures(doc_checks(tf), [TextStats.joined(kept_stats)])
     if failed:
         rejects.append(reject(failed[0].name, detail(failed[0], failed[1])))
         return None, rejects
     return kept, rejects
-
-
-def _first_failure(checks: list[Check], stats: TextStats) -> tuple[Check, float] | None:
-    for c in checks:
-        v = c.measure(stats)
-        if not c.passes(v):
-            return c, v
-    return None
 
 
 def image_count_reason(doc: Document, cfg: Config) -> str | None:

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Callable, Iterable
 
 CHUNK_CHARS = 800  # shorter chunks misread code and lists; longer ones blur mixed pages
-MAX_CHUNKS = 20  # ~16k characters decide; bounds the cost of very long documents
+MAX_CHUNKS = 8  # ~6.4k characters decide; bounds the cost of long documents
 DETECTORS = ("resiliparse", "py3langid")
 
 _LOCK = threading.Lock()

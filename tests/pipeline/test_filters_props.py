@@ -70,3 +70,40 @@ def test_one_megabyte_of_repetition_measured_in_linear_time(unit):
         assert values["doc_max_word_repetition"] == 1.0
     kept, rejects = F.filter_document(_document([text]), Config())
     assert kept is None and rejects
+
+
+def _reference_words(text: str) -> list[str]:
+    """The definition: whitespace tokens, lower-cased, special characters stripped from both ends."""
+    out = []
+    for tok in text.lower().replace("’", "'").split():
+        i, j = 0, len(tok)
+        while i < j and F.is_special(tok[i]):
+            i += 1
+        while j > i and F.is_special(tok[j - 1]):
+            j -= 1
+        if i < j:
+            out.append(tok[i:j])
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(texts, max_size=8))
+def test_vectorised_measures_equal_their_definitions(parts):
+    assert [F.words(t) for t in parts] == [_reference_words(t) for t in parts]
+    n_words, specials = F.text_counts(parts)
+    assert n_words == [len(F.words(t)) for t in parts]
+    assert specials == [sum(map(F.is_special, t)) for t in parts]
+    assert F.char_ngram_repetitions(parts, 10) == [F.char_ngram_repetition(t, 10) for t in parts]
+    ws = [F.words(t) for t in parts]
+    assert F.word_ngram_repetitions(ws, 5) == [F.word_ngram_repetition(w, 5) for w in ws]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(texts, max_size=8))
+def test_batched_node_chain_gives_each_node_its_first_failure(parts):
+    checks = F.node_checks(Config().text_filters)
+    batched = F.first_failures(checks, [F.TextStats(t) for t in parts])
+    for text, got in zip(parts, batched):
+        stats = F.TextStats(text)
+        want = next(((c, c.measure(stats)) for c in checks if not c.passes(c.measure(stats))), None)
+        assert (got and (got[0].name, got[1])) == (want and (want[0].name, want[1]))
