@@ -17,7 +17,14 @@ Politeness and safety, all from ``FetchConfig``:
 
 Fetched images are written as WARC response records (warcio) under ``archive_dir``, one file
 per bundle, written under a temporary name and renamed when complete, so a corpus can be
-rebuilt from the archive without fetching again. Only the standard library, warcio and protego.
+rebuilt from the archive without fetching again (pass ``<output>/fetched/*.warc.gz`` as input;
+records are stored under the URL the pages reference, the final URL of a redirect in the
+``M3W-Final-URI`` field). Only the standard library, warcio and protego.
+
+Known limits: the per-host rate applies to the host a URL names; a redirect to another host
+(a CDN) is fetched in the same slot. DNS lookups use the system resolver and its own timeout.
+The archive is written with local file operations (``archive_dir`` must be a local or mounted
+path). Leftover ``*.part`` files are bundles that failed and were retried.
 """
 from __future__ import annotations
 
