@@ -246,8 +246,8 @@ def _boiler_class(cls: str) -> bool:
 class _Walk:
     """What one pass over the DOM collected.
 
-    ``items`` are ``(block, kind, payload, link_chars, block_tag, region)`` in document order, kind
-    "t" (payload str) or "i" (payload ImageNode). Blocks and regions are numbered in pre-order, so a
+    ``items`` are ``(block, kind, payload, link_chars, block_tag)`` in document order, kind
+    "t" (payload str) or "i" (payload ImageNode). Blocks are numbered in pre-order, so a
     parent's number is always below its children's.
     """
 
@@ -255,8 +255,6 @@ class _Walk:
     bparent: list[int]  # block → parent block (-1 for the root)
     btag: list[str]
     bcls: list[str]  # "class id" of the block element, as written
-    rparent: list[int]  # hidden/boilerplate region → parent region; region 0 is the page
-    rhard: list[bool]  # region removed whatever share of the text it holds
     depth_cut: bool
     images_dropped: int
 
@@ -271,13 +269,13 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     deadline = time.monotonic() + limits.parse_timeout_s if limits.parse_timeout_s else None
 
     bparent, btag, bcls = [-1], ["#root"], [""]
-    rparent = [-1]
-    rhard = [False]
+    max_share = cfg.boilerplate_max_share
+    page_chars = -1  # text length of the whole page, measured when first needed
     items: list[tuple] = []
     buf: list[str] = []
     figures: list[list] = []  # [images, caption] per open <figure>
     uncaptioned: list[ImageNode] = []  # images since the last text: a caption block that follows names them
-    cur = region = 0
+    cur = 0
     link_depth = buf_link = pre_depth = article_depth = 0
     img_unresolved = depth_cut = False
     images_dropped = 0
@@ -296,7 +294,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         else:
             text = " ".join(raw.split())
         if text:
-            items.append((cur, "t", text, link, btag[cur], region))
+            items.append((cur, "t", text, link, btag[cur]))
             uncaptioned.clear()
 
     def add_image(node, attrs: dict) -> None:
@@ -332,7 +330,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         if buf:
             flush()
         img_unresolved = False
-        items.append((cur, "i", img, 0, "img", region))
+        items.append((cur, "i", img, 0, "img"))
         if figures:
             figures[-1][0].append(img)
         uncaptioned.append(img)
@@ -341,7 +339,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     steps = 0
     while stack:
         entry = stack.pop()
-        if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article, <= -3 region
+        if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article
             if entry >= 0:
                 if buf:
                     flush()
@@ -357,12 +355,8 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 cur = entry
             elif entry == -1:
                 link_depth -= 1
-            elif entry == -2:
-                article_depth -= 1
             else:
-                if buf:
-                    flush()
-                region = -3 - entry
+                article_depth -= 1
             continue
         node, depth = entry
         tag = node.tag
@@ -402,16 +396,16 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             else:
                 drop = bool(cls) and tag not in _NEVER_DROP_BY_CLASS and _boiler_class(cls)
         if drop:
-            # Walked as a region and decided after the walk: a hidden or boilerplate-looking
-            # element holding most of the page is the page (ASP.NET's page-wide <form>, a blog
-            # engine's "widget blog", content revealed by script).
-            if buf:
-                flush()
-            stack.append(-3 - region)
-            rparent.append(region)
-            # Landmarks are chrome whatever their size; a <form> or a class name may be the page.
-            rhard.append(tag in _LANDMARK_TAGS)
-            region = len(rparent) - 1
+            # Landmarks are chrome whatever their size. A hidden or boilerplate-looking element
+            # holding most of the page's text is the page (ASP.NET's page-wide <form>, a blog
+            # engine's "widget blog", content revealed by script): walk into it. Either way the
+            # subtree of a dropped element is never walked, which is most of the speed.
+            if tag in _LANDMARK_TAGS:
+                continue
+            if page_chars < 0:
+                page_chars = len(root.text(deep=True))
+            if len(node.text(deep=True)) <= max_share * page_chars:
+                continue
         if tag == "img":
             add_image(node, attrs)
             continue
@@ -459,30 +453,11 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             c = c.prev
     if buf:
         flush()
-    return _Walk(items, bparent, btag, bcls, rparent, rhard, depth_cut, images_dropped)
+    return _Walk(items, bparent, btag, bcls, depth_cut, images_dropped)
 
 
 # ---------------------------------------------------------------------------------------------
 # Main content
-
-
-def _drop_regions(w: _Walk, max_share: float) -> list[tuple]:
-    """Items outside hidden/boilerplate regions, except regions holding > max_share of the text."""
-    items = w.items
-    rparent = w.rparent
-    if len(rparent) == 1:
-        return items
-    chars = [0] * len(rparent)
-    for it in items:
-        if it[1] == "t":
-            chars[it[5]] += len(it[2])
-    for r in range(len(rparent) - 1, 0, -1):  # children before parents
-        chars[rparent[r]] += chars[r]
-    limit = chars[0] * max_share
-    removed = [False] * len(rparent)
-    for r in range(1, len(rparent)):  # parents before children
-        removed[r] = removed[rparent[r]] or w.rhard[r] or chars[r] <= limit
-    return [it for it in items if not removed[it[5]]]
 
 
 def _class_weight(cls: str) -> int:
@@ -498,7 +473,7 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
     n = len(bparent)
     tlen = [0] * n
     llen = [0] * n
-    for bid, kind, payload, link, _, _ in items:
+    for bid, kind, payload, link, _ in items:
         if kind == "t":
             tlen[bid] += len(payload)
             llen[bid] += link
@@ -510,7 +485,7 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
         return None
     # A paragraph's score goes to its parent (1), grandparent (1/2), then 1/(3·level), 5 levels up.
     score: dict[int, float] = {}
-    for bid, kind, payload, _, tag, _ in items:
+    for bid, kind, payload, _, tag in items:
         if kind != "t" or len(payload) < 25 or tag in _HEADINGS:
             continue
         s = 1 + payload.count(",") + min(len(payload) // 100, 3)
@@ -607,7 +582,7 @@ def _assemble(items: list[tuple], w: _Walk, min_chars: int) -> list[Node]:
     bparent, btag = w.bparent, w.btag
     nodes: list[Node] = []
     prev_group = None
-    for bid, kind, payload, _, tag, _ in items:
+    for bid, kind, payload, _, tag in items:
         if kind == "i":
             nodes.append(payload)
             prev_group = None
@@ -659,11 +634,14 @@ def extract_nodes(
         href = (b.attributes.get("href") or "").strip()
         if href:
             base = urljoin(base_url, href)
+    # Script and style text would count as page text when a boilerplate element is measured
+    # against the page; lexbor removes them in one pass.
+    tree.strip_tags(["script", "style", "template"])
     root = tree.body or tree.root
     if root is None:
         return [], title
     walk = _walk(root, base, cfg, limits)
-    items = _drop_regions(walk, cfg.boilerplate_max_share)
+    items = walk.items
     if cfg.main_content:
         inside = _select_main(walk, items, cfg.main_content_min_score)
         if inside is not None:
