@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from PIL import Image, ImageFile, ImageOps, ImageStat, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from pipeline.config import ImageConfig, LimitsConfig
 from pipeline.records import ImageRecord, Reject
@@ -255,6 +255,19 @@ def _stats_copy(im: Image.Image) -> Image.Image:
     return im.reduce(factor) if factor > 1 else im
 
 
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def _max_channel_std(rgb: Image.Image) -> float:
+    """Largest per-channel pixel standard deviation, from the histogram (a uniform orange has a
+    large spread across channels but none within one)."""
+    hist = np.asarray(rgb.histogram(), dtype=np.float64).reshape(3, 256)
+    n = hist.sum(axis=1)
+    mean = hist @ _LEVELS / n
+    var = hist @ (_LEVELS * _LEVELS) / n - mean * mean
+    return float(np.sqrt(np.maximum(var, 0.0)).max())
+
+
 def _encode(im: Image.Image, fmt: str, quality: int, icc_profile: bytes | None) -> bytes:
     buf = io.BytesIO()
     extra = {"icc_profile": icc_profile} if icc_profile else {}
@@ -373,8 +386,7 @@ def process_image(
     except Exception as e:  # hostile bytes: truncation, bad Huffman tables, broken zlib, ...
         raise _classify_decode_error(e) from None
 
-    # Per channel: a uniform orange has a large spread across channels but none within one.
-    std = max(ImageStat.Stat(small).stddev)  # from the histogram, in C
+    std = _max_channel_std(small)
     if cfg.min_pixel_std is not None and std < cfg.min_pixel_std:
         raise ImageRejected("single_color", f"pixel std {std:.2f} < {cfg.min_pixel_std}")
 
