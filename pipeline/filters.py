@@ -50,9 +50,6 @@ _SPECIAL_RUN_RE = re.compile(f"[{_SPECIAL_CLASS}]+")
 # A word: from the first to the last non-special character of a whitespace-separated token. Equal
 # to split() then strip(specials) per token, but one C-level pass over the text.
 _WORD_RE = re.compile(f"[^{_SPECIAL_CLASS}](?:\\S*[^{_SPECIAL_CLASS}])?")
-# A token holding a letter, matched once at its start; the lookbehind keeps it linear on long
-# letterless tokens (a lazy scan from every position would be quadratic).
-_LETTER_TOKEN_RE = re.compile(r"(?<!\S)\S*?[^\W\d_]")
 
 # Gopher's stop-word rule: a real English text has at least two of these (MassiveText, datatrove).
 GOPHER_STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
@@ -125,38 +122,14 @@ def _char_flags(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return special, space
 
 
-def text_counts(texts: list[str]) -> tuple[list[int], list[int]]:
-    """(word count, special-character count) of each text, in one vectorised pass: equal to
-    ``len(words(t))`` and ``special_char_count(t)`` (a word is a whitespace-separated token with
-    at least one non-special character)."""
-    n = len(texts)
-    lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
-    total = int(lens.sum())
-    if total == 0:
-        return [0] * n, [0] * n
-    # Lower-casing first, as words() does: it can change a character's class (rarely its length).
-    low = [t.lower().replace("’", "'") for t in texts]
-    if any(len(a) != len(b) for a, b in zip(low, texts)):
-        return [len(words(t)) for t in texts], [special_char_count(t) for t in texts]
-    cps = np.frombuffer("".join(low).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    # Lower-casing maps letters (and a few letter-like symbols) to letters: never into or out of
-    # the special class, so one set of flags serves both counts.
-    special, space = _char_flags(cps)
-    owner = np.repeat(np.arange(n), lens)  # text index of each character
-    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
-    # A token starts at a non-space character preceded by a space or by the start of its text.
-    prev_space = np.empty(total, dtype=bool)
-    prev_space[0] = True
-    prev_space[1:] = space[:-1]
-    prev_space[starts[lens > 0]] = True
-    token_id = np.cumsum(~space & prev_space) - 1
-    has_word = np.zeros(int(token_id[-1]) + 2, dtype=bool)
-    has_word[token_id[~special]] = True  # ~special implies non-space, so inside a token
-    token_owner = np.full(len(has_word), -1, dtype=np.int64)
-    token_owner[token_id[~space]] = owner[~space]
-    words_per_text = np.bincount(token_owner[has_word], minlength=n)
-    specials_per_text = np.bincount(owner[special], minlength=n)
-    return words_per_text.tolist(), specials_per_text.tolist()
+def special_char_counts(texts: list[str]) -> list[int]:
+    """``special_char_count`` of each text, in one vectorised pass over their code points."""
+    lens = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    if not lens.sum():
+        return [0] * len(texts)
+    special, _ = _char_flags(np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32))
+    owner = np.repeat(np.arange(len(texts)), lens)  # text index of each character
+    return np.bincount(owner[special], minlength=len(texts)).tolist()
 
 
 def word_ratio(ws: list[str], vocabulary: frozenset[str]) -> float:
@@ -201,10 +174,17 @@ def ellipsis_lines_ratio(text: str) -> float:
     return sum(1 for ln in lines if ln.rstrip().endswith(("...", "…"))) / len(lines)
 
 
-def alpha_words_ratio(text: str) -> float:
-    """Gopher: share of whitespace-separated tokens containing at least one letter."""
+def alpha_words_ratio(text: str, ws: list[str] | None = None) -> float:
+    """Gopher: share of whitespace-separated tokens containing at least one letter. A token has
+    a letter exactly when its word (``words``: the token minus special characters at its ends)
+    has one, so the words are counted: most are all letters, the rest are searched."""
     n = len(text.split())
-    return len(_LETTER_TOKEN_RE.findall(text)) / n if n else 0.0
+    if not n:
+        return 0.0
+    ws = words(text) if ws is None else ws
+    alpha = sum(map(str.isalpha, ws))
+    alpha += sum(1 for w in ws if not w.isalpha() and any(map(str.isalpha, w)))
+    return alpha / n
 
 
 # N-gram statistics hash every window with a polynomial hash mod 2^64, computed for all windows at
@@ -512,21 +492,18 @@ class TextStats:
         return out
 
 
-def prefill_counts(stats: list[TextStats]) -> None:
-    """Word and special-character counts of many texts in one pass (``text_counts``), so the
-    cheapest paragraph checks never tokenize paragraphs they reject."""
-    todo = [s for s in stats if s._n_words is None or s._special_ratio is None]
+def prefill_special(stats: list[TextStats]) -> None:
+    """Special-character ratios of many texts in one pass (``special_char_counts``)."""
+    todo = [s for s in stats if s._special_ratio is None]
     if not todo:
         return
-    n_words, specials = text_counts([s.text for s in todo])
-    for s, w, c in zip(todo, n_words, specials):
-        s._n_words = w
+    for s, c in zip(todo, special_char_counts([s.text for s in todo])):
         s._special_ratio = c / len(s.text) if s.text else 0.0
 
 
 def _batched(get: Callable[[TextStats], float]) -> Callable[[list[TextStats]], list[float]]:
     def measure(stats: list[TextStats]) -> list[float]:
-        prefill_counts(stats)
+        prefill_special(stats)
         return [get(s) for s in stats]
 
     return measure
@@ -573,8 +550,8 @@ def node_checks(tf: TextFilterConfig) -> list[Check]:
     """Paragraph (text node) checks, cheapest first (OBELICS node-level defaults)."""
     stop, flagged = _stopwords(), _flagged(tf)
     spec: list[tuple[str, str, Callable[[TextStats], float], Callable | None]] = [
-        ("node_min_words", "min", lambda s: s.n_words, _batched(lambda s: s.n_words)),
-        ("node_max_words", "max", lambda s: s.n_words, _batched(lambda s: s.n_words)),
+        ("node_min_words", "min", lambda s: s.n_words, None),
+        ("node_max_words", "max", lambda s: s.n_words, None),
         ("node_max_special_char_ratio", "max", lambda s: s.special_ratio, _batched(lambda s: s.special_ratio)),
         ("node_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop), None),
         ("node_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged), None),
@@ -610,7 +587,7 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
         ("gopher_max_symbol_word_ratio", "max", lambda s: symbol_word_ratio(s.text, s.n_words)),
         ("gopher_max_bullet_lines_ratio", "max", lambda s: bullet_lines_ratio(s.text)),
         ("gopher_max_ellipsis_lines_ratio", "max", lambda s: ellipsis_lines_ratio(s.text)),
-        ("gopher_min_alpha_words_ratio", "min", lambda s: alpha_words_ratio(s.text)),
+        ("gopher_min_alpha_words_ratio", "min", lambda s: alpha_words_ratio(s.text, s.words)),
         ("gopher_max_dup_para_frac", "max", lambda s: dup_frac(s.paragraphs)),
         ("gopher_max_dup_para_char_frac", "max", lambda s: dup_char_frac(s.paragraphs, len(s.text))),
         ("gopher_max_dup_line_frac", "max", lambda s: dup_frac(s.lines)),
@@ -772,6 +749,7 @@ class _FilterTextFn(beam.DoFn):
 
     def setup(self) -> None:
         langid.load(self.cfg.language.detector)
+        _char_tables()  # 64k-entry character tables, built once per worker
         self._kept = Metrics.counter("m3w", f"{STAGE}.kept")
         self._counters: dict[str, beam.metrics.metricbase.Counter] = {}
         tf = self.cfg.text_filters

@@ -90,9 +90,12 @@ def _reference_words(text: str) -> list[str]:
 @given(st.lists(texts, max_size=8))
 def test_vectorised_measures_equal_their_definitions(parts):
     assert [F.words(t) for t in parts] == [_reference_words(t) for t in parts]
-    n_words, specials = F.text_counts(parts)
-    assert n_words == [len(F.words(t)) for t in parts]
-    assert specials == [sum(map(F.is_special, t)) for t in parts]
+    assert F.special_char_counts(parts) == [sum(map(F.is_special, t)) for t in parts]
+    assert [F.alpha_words_ratio(t) for t in parts] == [
+        sum(any(c.isalpha() for c in tok) for tok in t.split()) / len(t.split())
+        if t.split() else 0.0
+        for t in parts
+    ]
     assert F.char_ngram_repetitions(parts, 10) == [F.char_ngram_repetition(t, 10) for t in parts]
     ws = [F.words(t) for t in parts]
     assert F.word_ngram_repetitions(ws, 5) == [F.word_ngram_repetition(w, 5) for w in ws]
