@@ -54,6 +54,7 @@ _BLOCK_TAGS = frozenset(
     "table tbody thead tfoot tr td th caption ul html".split()
 )
 _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
+_INLINE_TAGS = frozenset("a b i em strong u small sup sub font abbr cite time mark q s strike bdi bdo var kbd samp".split())
 # Never dropped by class/id: they are the page, or the article itself.
 _NEVER_DROP_BY_CLASS = frozenset("html body main article".split())
 
@@ -101,39 +102,46 @@ _PLACEHOLDER = re.compile(r"blank\.|placeholder|spacer|1x1|transparent\.|pixel\.
 def parse_srcset(srcset: str) -> list[tuple[str, float, str]]:
     """Candidates of a ``srcset`` as (url, value, unit) with unit "w" or "x" (HTML's parsing rules).
 
-    URLs may contain commas (CDN transforms), so a candidate's URL runs to the next whitespace, and a
-    trailing comma ends it.
+    URLs may contain commas (CDN transforms), so a candidate's URL runs to the next whitespace; a
+    comma after the URL or after its descriptors ends the candidate.
     """
     out: list[tuple[str, float, str]] = []
-    i, n = 0, len(srcset)
-    while i < n:
-        while i < n and (srcset[i].isspace() or srcset[i] == ","):
-            i += 1
-        if i >= n:
-            break
-        j = i
-        while j < n and not srcset[j].isspace():
-            j += 1
-        url = srcset[i:j]
-        desc = ""
-        if url.endswith(","):
-            url = url.rstrip(",")
-        else:
-            k = srcset.find(",", j)
-            k = n if k < 0 else k
-            desc = srcset[j:k].strip()
-            j = k
-        i = j
-        if not url:
-            continue
+    url = None
+    desc: list[str] = []
+
+    def emit() -> None:
         value, unit = 1.0, "x"
-        for d in desc.split():
-            try:
-                if d[-1] in "wx":
+        for d in desc:
+            if d and d[-1] in "wx":
+                try:
                     value, unit = float(d[:-1]), d[-1]
-            except (ValueError, IndexError):
-                continue
+                except ValueError:
+                    continue
         out.append((url, value, unit))
+
+    for tok in srcset.split():
+        if url is None:
+            tok = tok.lstrip(",")
+            if not tok:
+                continue
+            if tok.endswith(","):
+                url, desc = tok.rstrip(","), []
+                if url:
+                    emit()
+                url = None
+            else:
+                url, desc = tok, []
+            continue
+        d, comma, rest = tok.partition(",")
+        desc.append(d)
+        if comma:
+            emit()
+            url = None
+            rest = rest.strip(",")
+            if rest:  # "1x,next.jpg": the next URL follows the comma without a space
+                url, desc = rest, []
+    if url:
+        emit()
     return out
 
 
@@ -201,19 +209,41 @@ def _declared_px(v: str | None) -> int | None:
         return None  # "100%", "auto": not a pixel size
 
 
+class _Resolver:
+    """Resolves attribute URLs against one page's base the way a browser does; None for non-http(s)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        try:
+            parts = urlsplit(base)
+        except ValueError:
+            parts = None
+        self.scheme = parts.scheme.lower() if parts else ""
+        self.origin = f"{self.scheme}://{parts.netloc}" if parts and parts.netloc else ""
+
+    def __call__(self, url: str) -> str | None:
+        url = url.strip()
+        if "\n" in url or "\t" in url or "\r" in url:
+            url = url.replace("\n", "").replace("\t", "").replace("\r", "")  # browsers strip these
+        # Fast paths for the common shapes; anything with dot segments or odd characters goes
+        # through urljoin.
+        if " " not in url and "/." not in url and "\\" not in url:
+            if url.startswith(("http://", "https://")):
+                return url
+            if url.startswith("//") and self.scheme in ("http", "https"):
+                return f"{self.scheme}:{url}"
+            if url.startswith("/") and self.origin and self.scheme in ("http", "https"):
+                return self.origin + url
+        try:
+            out = urljoin(self.base, url)
+            scheme = urlsplit(out).scheme.lower()
+        except ValueError:
+            return None
+        return out if scheme in ("http", "https") else None
+
+
 def _resolve(base: str, url: str) -> str | None:
-    """Absolute http(s) URL of an attribute value, as a browser resolves it; None for other schemes."""
-    url = url.strip()
-    if "\n" in url or "\t" in url or "\r" in url:
-        url = url.replace("\n", "").replace("\t", "").replace("\r", "")  # browsers strip these
-    if url.startswith(("http://", "https://")) and " " not in url:
-        return url  # already absolute: the common case, without urljoin's cost
-    try:
-        out = urljoin(base, url)
-        scheme = urlsplit(out).scheme.lower()
-    except ValueError:
-        return None
-    return out if scheme in ("http", "https") else None
+    return _Resolver(base)(url)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,12 +294,17 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     boiler = cfg.remove_boilerplate
     keep_alt = cfg.keep_alt_text
     min_side = cfg.min_declared_image_side
-    patterns = [p.lower() for p in cfg.drop_image_url_patterns]
+    patterns = (
+        re.compile("|".join(re.escape(p) for p in cfg.drop_image_url_patterns), re.I)
+        if cfg.drop_image_url_patterns
+        else None
+    )
     max_depth = limits.max_dom_depth or 1 << 30
     deadline = time.monotonic() + limits.parse_timeout_s if limits.parse_timeout_s else None
 
     bparent, btag, bcls = [-1], ["#root"], [""]
     max_share = cfg.boilerplate_max_share
+    resolve = _Resolver(base)
     page_chars = -1  # text length of the whole page, measured when first needed
     items: list[tuple] = []
     buf: list[str] = []
@@ -313,7 +348,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             img_unresolved = True
             images_dropped += 1
             return
-        url = _resolve(base, raw)
+        url = resolve(raw)
         w = _declared_px(attrs.get("width"))
         h = _declared_px(attrs.get("height"))
         if (
@@ -321,7 +356,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             # 0 is a common "auto" placeholder for one side; 0x0 and 1..min_side-1 are pixels.
             or (min_side and ((w is not None and 0 < w < min_side) or (h is not None and 0 < h < min_side)))
             or (w == 0 and h == 0)
-            or any(p in url.lower() for p in patterns)
+            or (patterns is not None and patterns.search(url) is not None)
         ):
             images_dropped += 1
             return
@@ -377,7 +412,9 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         if depth >= max_depth:
             depth_cut = True
             continue
-        attrs = node.attributes
+        # Links and inline formatting are read without their attributes (an <a>'s href is the
+        # costliest string on most pages): their hidden or boilerplate containers decide for them.
+        attrs = None if tag in _INLINE_TAGS else node.attributes
         cls = ""
         drop = False
         if attrs:
