@@ -10,7 +10,7 @@ Run it with ``build-m3w build`` (pipeline/cli.py) or ``run(argv)``; runner optio
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -73,16 +73,19 @@ class _FinalizeFn(beam.DoFn):
         yield doc
 
 
-def _sampled(rate: float) -> Any:
-    def keep(r: Reject) -> bool:
-        if rate >= 1.0:
-            return True
-        from pipeline.shards import stable_hash
+def reject_to_json(rate: float) -> Any:
+    """Reject → its JSON line, keeping a deterministic ``rate`` sample (counters count them all)."""
+    from pipeline.shards import stable_hash
 
-        key = f"{r.stage}\0{r.reason}\0{r.url}\0{r.warc_filename}\0{r.warc_record_offset}\0{r.detail}"
-        return (stable_hash(key) % 1_000_000) < rate * 1_000_000
+    def to_json(r: Reject) -> Iterator[str]:
+        row = dict(vars(r))  # flat dataclass: vars() is 10x dataclasses.asdict()
+        if rate < 1.0:
+            key = "\0".join(str(row[k]) for k in sorted(row))
+            if stable_hash(key) % 1_000_000 >= rate * 1_000_000:
+                return
+        yield json.dumps(row, sort_keys=True, ensure_ascii=False)
 
-    return keep
+    return to_json
 
 
 def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config) -> None:
@@ -136,6 +139,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         docs = decon.documents
         _ = (
             decon.matches
+            | "MatchesToJson" >> beam.Map(lambda m: json.dumps(m, sort_keys=True, ensure_ascii=False))
             | "WriteDecontaminationReport" >> WriteSortedJsonLines(output, "decontamination/matches")
         )
     if cfg.dedup.minhash or cfg.dedup.image_set or cfg.dedup.paragraph_max_per_domain is not None:
@@ -150,7 +154,6 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         _ = (
             rejects
             | "FlattenRejects" >> beam.Flatten()
-            | "SampleRejects" >> beam.Filter(_sampled(cfg.output.rejects_sample_rate))
-            | "RejectsToDicts" >> beam.Map(dataclasses.asdict)
+            | "RejectsToJson" >> beam.FlatMap(reject_to_json(cfg.output.rejects_sample_rate))
             | "WriteRejects" >> WriteSortedJsonLines(output, f"{REJECTS_DIR}/rejects")
         )

@@ -24,6 +24,7 @@ class ImageRecord:
     provenance: Provenance
     data: bytes = field(repr=False)
     content_type: str = ""
+    source: str = "warc"  # "warc" (in the input crawl) or "fetch" (fetched by --fetch-images)
 
 
 @dataclass

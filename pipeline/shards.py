@@ -223,7 +223,7 @@ class WriteShards(beam.PTransform):
 
 
 class WriteSortedJsonLines(beam.PTransform):
-    """PCollection[dict] → ``<prefix>-NNNNN-of-MMMMM.jsonl`` files, rows sorted, bucketed by a stable hash.
+    """PCollection[str JSON line] → ``<prefix>-NNNNN-of-MMMMM.jsonl`` files, lines sorted, bucketed by a stable hash.
 
     Used for rejects and the decontamination report: deterministic names and contents.
     """
@@ -234,7 +234,7 @@ class WriteSortedJsonLines(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         per_file = self.rows_per_file
-        lines = rows | "ToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True, ensure_ascii=False))
+        lines = rows
         n_files = (
             lines
             | "Count" >> beam.combiners.Count.Globally()

@@ -1,0 +1,156 @@
+"""End-to-end pages/s through Beam vs the same stage functions in a plain Python loop.
+
+Both runs process the same WARCs with the same config, in the same process, one core each:
+read (iter_warc) → newest capture per URL → extract_document → filter_document → referenced
+images (process_image) → attach → image cap and count → shard writers and the rejects file. Document-level dedup
+(MinHash, paragraphs, image sets) is grouped work with no per-record equivalent, so it is off in
+both. The ratio Beam/loop is Beam's overhead (target ≤ 1.3×). The multi-process local runner
+on all cores is reported beside it.
+
+    .venv/bin/python -m benchmarks.pipeline_e2e [--copies N] [WARC_DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from pipeline.config import load_config
+from pipeline.extract import ExtractionError, extract_document
+from pipeline.filters import filter_document, image_count_reason
+from pipeline.images import ImageRejected, ResolvedImage, process_image
+from pipeline.join import choose_record
+from pipeline.records import ImageRecord, Page, Reject
+from pipeline.shards import write_parquet, write_wds
+from pipeline.urls import normalize_url
+from pipeline.warc import iter_warc, match_inputs
+from schemas.document import ImageNode
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_config():
+    cfg = load_config()
+    cfg.dedup.minhash = False
+    cfg.dedup.image_set = False
+    cfg.dedup.paragraph_max_per_domain = None
+    cfg.language.keep = None  # keep every language: more pages reach every stage
+    cfg.text_filters.doc_min_images = None
+    return cfg
+
+
+def plain_loop(paths: list[str], out: str) -> int:
+    """The pipeline's stage functions, called in a loop; returns the number of HTML pages read."""
+    from dedup.urls import capture_rank
+
+    cfg = bench_config()
+    rejects: list[Reject] = []
+    pages: dict[str, Page] = {}
+    images: dict[str, list[ImageRecord]] = {}
+    n_pages = 0
+    for path in paths:
+        for item in iter_warc(path, cfg.limits):
+            if isinstance(item, Page):
+                n_pages += 1
+                key = normalize_url(item.url)
+                old = pages.get(key)
+                if old is None or capture_rank(item.provenance) > capture_rank(old.provenance):
+                    pages[key] = item
+            elif isinstance(item, ImageRecord):
+                images.setdefault(normalize_url(item.url), []).append(item)
+            else:
+                rejects.append(item)
+    docs = []
+    for page in pages.values():
+        try:
+            doc = extract_document(page, cfg.extract, cfg.limits)
+        except ExtractionError as e:
+            rejects.append(Reject.of("extract", str(e), page.provenance, page.url))
+            continue
+        doc, dropped = filter_document(doc, cfg)
+        rejects += dropped
+        if doc is not None:
+            docs.append(doc)
+    resolved: dict[str, ResolvedImage] = {}
+    for doc in docs:
+        for node in doc.nodes:
+            key = normalize_url(node.url) if isinstance(node, ImageNode) else None
+            if key and key not in resolved and key in images:
+                rec = choose_record(images[key])
+                try:
+                    resolved[key] = ResolvedImage.of(process_image(rec.data, rec.url, cfg.images, cfg.limits), rec.url, rec.provenance, "warc")
+                except ImageRejected as e:
+                    rejects.append(Reject.of("image", e.reason, rec.provenance, rec.url, e.detail))
+                    resolved[key] = None
+    final = []
+    for doc in docs:
+        doc.nodes = [
+            resolved[normalize_url(n.url)].apply_to(n) if isinstance(n, ImageNode) else n
+            for n in doc.nodes
+            if not isinstance(n, ImageNode) or resolved.get(normalize_url(n.url)) is not None
+        ]
+        if image_count_reason(doc, cfg) is None:
+            final.append(doc)
+    final.sort(key=lambda d: d.doc_id)
+    with open(os.path.join(out, "loop.tar"), "wb") as f:
+        write_wds(f, final)
+    with open(os.path.join(out, "loop.parquet"), "wb") as f:
+        write_parquet(f, final)
+    with open(os.path.join(out, "loop-rejects.jsonl"), "w", encoding="utf-8") as f:
+        for line in sorted(json.dumps(dict(vars(r)), sort_keys=True, ensure_ascii=False) for r in rejects):
+            f.write(line + "\n")
+    return n_pages
+
+
+def beam_run(paths: list[str], out: str, runner: list[str]) -> None:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.build import build_pipeline
+
+    p = beam.Pipeline(options=PipelineOptions(runner))
+    build_pipeline(p, paths, out, bench_config())
+    p.run().wait_until_finish()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("warcs", nargs="?", default=os.path.join(REPO, "..", "shared", "data", "warc"))
+    parser.add_argument("--copies", type=int, default=1, help="repeat the input list (more work per run)")
+    args = parser.parse_args()
+    if not os.path.exists(args.warcs):
+        print(f"no WARCs at {args.warcs}; pass a directory", file=sys.stderr)
+        return 2
+    paths = match_inputs([args.warcs])
+    with tempfile.TemporaryDirectory() as tmp:
+        # Each copy is a distinct path (a symlink), so Beam reads it as another file.
+        all_paths = []
+        for c in range(args.copies):
+            for i, p in enumerate(paths):
+                link = os.path.join(tmp, f"c{c}-{i}-{os.path.basename(p)}")
+                os.symlink(os.path.abspath(p), link)
+                all_paths.append(link)
+        plain_loop(all_paths[:3], tmp)  # warm imports and caches for both sides
+        t = time.perf_counter()
+        n_pages = plain_loop(all_paths, tmp)
+        loop_s = time.perf_counter() - t
+        t = time.perf_counter()
+        beam_run(all_paths, os.path.join(tmp, "beam1"), ["--runner=DirectRunner"])
+        beam_s = time.perf_counter() - t
+        cores = os.cpu_count() or 1
+        t = time.perf_counter()
+        beam_run(all_paths, os.path.join(tmp, "beamN"), ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"])
+        multi_s = time.perf_counter() - t
+    print(f"inputs: {len(all_paths)} files, {n_pages} HTML pages")
+    print(f"plain loop (1 core):               {n_pages / loop_s:8.1f} pages/s  ({loop_s:.1f} s)")
+    print(f"Beam local runner, in-process:     {n_pages / beam_s:8.1f} pages/s  ({beam_s:.1f} s)")
+    print(f"Beam overhead (Beam time / loop):  {beam_s / loop_s:8.2f}x   target <= 1.3x")
+    print(f"Beam local runner, {cores} processes:   {n_pages / multi_s:8.1f} pages/s  ({multi_s:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
