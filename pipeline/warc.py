@@ -497,7 +497,7 @@ def _damage_reason(exc: BaseException) -> str:
     text = str(exc).lower()
     if isinstance(exc, (EOFError,)) or "truncat" in text or "end of stream" in text:
         return "truncated_record"
-    if isinstance(exc, zlib.error) or "gzip" in text or "compress" in text:
+    if isinstance(exc, zlib.error) or "gzip" in text or "compress" in text or "\x1f\x8b" in text or "\\x1f\\x8b" in text:
         return "bad_gzip"
     if "header" in text or "archive format" in text or "warc" in text:
         return "bad_warc_header"
@@ -584,8 +584,10 @@ class _FileReader:
             reader = _CountingReader(stream)
         else:
             reader = _CountingReader(stream, prefix)
-        if use_fastwarc:
-            yield from self._convert_all(self._fastwarc(reader, stream if seekable else None))
+        if use_fastwarc and seekable:
+            yield from self._convert_all(self._fastwarc_resyncing(stream, gz=prefix[:2] == b"\x1f\x8b"))
+        elif use_fastwarc:
+            yield from self._convert_all(self._fastwarc(reader, None))
         else:
             arc = first_line.startswith(b"filedesc://")
             yield from self._convert_all(self._warcio(reader, base=0, arc=arc))
@@ -594,7 +596,38 @@ class _FileReader:
         for raw in raws:
             yield from self.convert(raw)
 
-    def _fastwarc(self, reader: _CountingReader, seekable_stream, *, gunzip: bool = False, skip: int = 0) -> Iterator[_Raw]:
+    def _fastwarc_resyncing(self, stream, gz: bool) -> Iterator[_Raw]:
+        """FastWARC over a seekable file; after damage, go on from the next record start found."""
+        base = 0
+        held: _Raw | None = None  # damage report, kept until we know whether the next run pins it down
+        while True:
+            damage: _Raw | None = None
+            stream.seek(base)
+            for raw in self._fastwarc(_CountingReader(stream, base=base), stream, base=base):
+                if raw.reason:
+                    damage = raw
+                    continue
+                if held is not None:
+                    yield held
+                    held = None
+                yield raw
+            if damage is None:
+                break
+            if held is not None and damage.offset != base:
+                yield held
+            held = damage  # one damaged stretch, reported once at its most precise offset
+            nxt = _next_record_start(stream, max(damage.offset, base) + 1, gz)
+            if nxt is None:
+                break
+            self.stats["resynced_after_damage"] += 1
+            base = nxt
+        if held is not None:
+            yield held
+
+    def _fastwarc(
+        self, reader: _CountingReader, seekable_stream, *, gunzip: bool = False, skip: int = 0, base: int = 0
+    ) -> Iterator[_Raw]:
+        """Records via FastWARC from ``reader``, which starts at ``base`` in the file."""
         from fastwarc.warc import ArchiveIterator
 
         pending: _Raw | None = None
@@ -603,9 +636,9 @@ class _FileReader:
         source = _GunzipReader(reader) if gunzip else reader
         try:
             for rec in ArchiveIterator(source, parse_http=False, strict_mode=False):
-                pos = rec.stream_pos
+                pos = rec.stream_pos  # absolute: FastWARC asks the reader, which counts from ``base``
                 if pending is not None:
-                    if pos <= pending.offset and not gunzip:
+                    if pos <= pending.offset and not gunzip and base == 0:
                         # Several records per gzip member: a whole-file gzip. Offsets must be unique,
                         # so re-read it decompressed ourselves, where offsets are uncompressed.
                         if seekable_stream is not None:
@@ -624,7 +657,7 @@ class _FileReader:
         if seekable_stream is not None and not gunzip:
             # Re-read from the last record FastWARC returned with warcio: gives that record's true
             # length and recovers (or names the damage in) whatever follows where FastWARC stopped.
-            resume = pending.offset if pending is not None else 0
+            resume = pending.offset if pending is not None else base
             seekable_stream.seek(resume)
             tail = self._warcio(_CountingReader(seekable_stream), base=resume)
             first = next(tail, None)
@@ -647,7 +680,7 @@ class _FileReader:
         if error is None and gunzip and source.truncated:
             error = EOFError("gzip stream ends inside a member")
         if error is not None:
-            at = pending.offset if pending is not None else 0
+            at = pending.offset if pending is not None else base
             yield _Raw("damage", at, -1, -1, reason=_damage_reason(error), detail=str(error)[:200])
 
     def _raw_from_fastwarc(self, rec, pos: int) -> _Raw:
@@ -670,11 +703,16 @@ class _FileReader:
         """Records via warcio from the reader's start, which is at ``base`` in the file; damage ends it."""
         from warcio.archiveiterator import ArchiveIterator
 
-        last_offset = base
+        next_offset = base  # where the record being read starts
         try:
             it = ArchiveIterator(reader, arc2warc=True, no_record_parse=True, check_digests=False)
             for rec in it:
                 h = rec.rec_headers
+                if rec.length is None and not arc and rec.rec_headers.headers:
+                    # Without Content-Length warcio would read to the end of the file as one
+                    # record; a damaged header looks like this, so stop here and resynchronise.
+                    yield _Raw("damage", next_offset, -1, -1, reason="bad_warc_header", detail="record without Content-Length")
+                    return
                 rtype = rec.rec_type or "unknown"
                 raw = _Raw(
                     rtype,
@@ -693,11 +731,12 @@ class _FileReader:
                     raw.refers_to_uri = h.get_header("WARC-Refers-To-Target-URI") or ""
                     self._fill(raw, rec.raw_stream.read)
                 it.read_to_end(rec)  # offset and length are known only once the record is consumed
-                raw.offset = last_offset = base + it.get_record_offset()
+                raw.offset = base + it.get_record_offset()
                 raw.length = it.get_record_length()
+                next_offset = raw.offset + raw.length
                 yield raw
         except _PANIC as e:  # warcio raises ArchiveLoadFailed, zlib.error, EOFError, ValueError...
-            yield _Raw("damage", last_offset, -1, -1, reason=_damage_reason(e), detail=str(e).strip()[:200])
+            yield _Raw("damage", next_offset, -1, -1, reason=_damage_reason(e), detail=str(e).strip()[:200])
 
     # -- record → item ------------------------------------------------------------------------
 
@@ -846,6 +885,37 @@ def _panic_type() -> tuple[type[BaseException], ...]:
 
 
 _PANIC = _panic_type()
+
+
+_GZIP_MEMBER = b"\x1f\x8b\x08"
+_WARC_START = b"WARC/"
+
+
+def _next_record_start(stream, start: int, gz: bool) -> int | None:
+    """Offset of the next plausible record at or after ``start``: a gzip member that inflates to a
+    WARC header (per-record gzip), or a ``WARC/x.y`` line followed by WARC headers."""
+    magic = _GZIP_MEMBER if gz else b"\nWARC/"
+    pos = start if gz else start - 1
+    while True:
+        stream.seek(pos)
+        chunk = stream.read(1 << 20)
+        if len(chunk) < len(magic):
+            return None
+        i = chunk.find(magic)
+        if i < 0:
+            pos += len(chunk) - len(magic) + 1
+            continue
+        cand = pos + i + (0 if gz else 1)
+        stream.seek(cand)
+        probe = stream.read(8192)
+        if gz:
+            try:
+                probe = zlib.decompressobj(31).decompress(probe, 512)
+            except zlib.error:
+                probe = b""
+        if probe.startswith(_WARC_START) and b"\r\n" in probe[:16] and (b"WARC-Type" in probe or b"Content-Length" in probe):
+            return cand
+        pos = cand + 1
 
 
 def _seekable(stream) -> bool:

@@ -354,3 +354,34 @@ def test_unseekable_stream_gives_the_same_items(rel):
     assert [(p.url, p.provenance) for p in s_pages] == [(p.url, p.provenance) for p in pages]
     assert [(i.url, i.provenance) for i in s_images] == [(i.url, i.provenance) for i in images]
     assert reasons(s_rejects) == reasons(rejects)
+
+
+def test_records_after_a_corrupt_gzip_member_are_recovered(tmp_path):
+    path = shared_path("warc", "aut_test_resources", "example.warc.gz")
+    pages, images, _, _ = read_all(path)
+    victim = pages[len(pages) // 2].provenance
+    data = bytearray(path.read_bytes())
+    middle = victim.warc_record_offset + victim.warc_record_length // 2
+    data[middle : middle + 64] = b"\0" * 64  # wreck the deflate stream of one member
+    bad = tmp_path / "bad.warc.gz"
+    bad.write_bytes(bytes(data))
+    b_pages, b_images, b_rejects, stats = read_all(bad)
+    assert {p.url for p in b_pages} == {p.url for p in pages} - {pages[len(pages) // 2].url}
+    assert len(b_images) == len(images)
+    assert stats["resynced_after_damage"] >= 1
+    damage = [r for r in b_rejects if r.reason not in ("not_html_or_image", "http_status")]
+    assert [(r.reason, r.warc_record_offset) for r in damage] == [("bad_gzip", victim.warc_record_offset)]
+
+
+def test_records_after_header_garbage_are_recovered(tmp_path):
+    path = shared_path("warc", "node_warc_tests", "books.toscrape.warc")
+    pages, images, _, _ = read_all(path)
+    victim = images[5].provenance
+    data = path.read_bytes()
+    at = victim.warc_record_offset + 20  # inside the WARC header block
+    bad = tmp_path / "bad.warc"
+    bad.write_bytes(data[:at] + b"\x00garbage\x07\r\n\r\n" + data[at:])
+    b_pages, b_images, b_rejects, _ = read_all(bad)
+    assert [p.url for p in b_pages] == [p.url for p in pages]
+    assert {i.url for i in b_images} == {i.url for i in images} - {images[5].url}
+    assert {r.reason for r in b_rejects} & {"bad_warc_header", "read_error", "truncated_record"}

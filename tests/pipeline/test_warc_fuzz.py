@@ -104,7 +104,8 @@ def hostile_records(rng: random.Random) -> list[tuple[str, bytes]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Mutations: each returns (mutated bytes, offset of the first damaged byte)
+# Mutations: each returns (mutated bytes, offset of the first damaged byte, offset of the last
+# damaged byte when later offsets are unchanged, else None)
 
 
 def _plain(data: bytes) -> bytes:
@@ -116,12 +117,12 @@ def bit_flips(rng, data):
     spots = sorted(rng.randrange(len(out)) for _ in range(rng.randint(1, 16)))
     for i in spots:
         out[i] ^= 1 << rng.randrange(8)
-    return bytes(out), spots[0]
+    return bytes(out), spots[0], spots[-1]
 
 
 def truncation(rng, data):
     cut = rng.randrange(1, len(data))
-    return data[:cut], cut
+    return data[:cut], cut, None
 
 
 def header_garbage(rng, data):
@@ -132,7 +133,7 @@ def header_garbage(rng, data):
     junk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 200)))
     if rng.random() < 0.3:
         junk = b"WARC-Type: " + junk + b"\r\nContent-Length: -5\r\n"
-    return data[:at] + junk + data[at:], at
+    return data[:at] + junk + data[at:], at, None
 
 
 def giant_content_length(rng, data):
@@ -142,7 +143,7 @@ def giant_content_length(rng, data):
         return truncation(rng, data)
     m = rng.choice(lengths)
     big = rng.choice([b"99999999999999", b"2147483648", b"18446744073709551616", b"-1", b"1e9", str(int(m.group(1)) * 1000).encode()])
-    return data[: m.start(1)] + big + data[m.end(1) :], m.start(1)
+    return data[: m.start(1)] + big + data[m.end(1) :], m.start(1), None
 
 
 def hostile_append(rng, data, records):
@@ -175,6 +176,8 @@ class FuzzReport:
     lost_valid_records: list[str] = field(default_factory=list)
     rejects: collections.Counter = field(default_factory=collections.Counter)
     extract_drops: collections.Counter = field(default_factory=collections.Counter)
+    after_damage_expected: int = 0  # pages/images wholly after the last flipped bit
+    after_damage_recovered: int = 0
     pages: int = 0
     images: int = 0
     pages_extracted: int = 0
@@ -223,9 +226,10 @@ def run_campaign(
         what = names[i % len(names)]
         if what == "hostile_record":
             mutated, damage_at, what = hostile_append(rng, data, records)
+            damage_end = None
             ref = plain_reference
         else:
-            mutated, damage_at = MUTATIONS[what](rng, data)
+            mutated, damage_at, damage_end = MUTATIONS[what](rng, data)
             ref = reference if mutated[:2] == data[:2] and what in ("bit_flips", "truncation") else plain_reference
         report.inputs += 1
         report.by_mutation[what] += 1
@@ -251,6 +255,9 @@ def run_campaign(
             p = r.provenance
             if p.warc_record_offset + p.warc_record_length <= damage_at and _content_key(r) not in got:
                 report.lost_valid_records.append(f"{label}: {r.url} at {p.warc_record_offset} (damage at {damage_at})")
+            elif damage_end is not None and p.warc_record_offset > damage_end:
+                report.after_damage_expected += 1
+                report.after_damage_recovered += _content_key(r) in got
         if extract_document is not None:
             pages = [x for x in items if isinstance(x, Page)]
             hostile = [x for x in pages if x.url.endswith(".example/") and hostile_extracted[x.url] < EXTRACT_HOSTILE_PER_KIND]
@@ -278,6 +285,8 @@ def report_markdown(r: FuzzReport) -> str:
         + ", ".join(f"{k} {v}" for k, v in sorted(r.by_mutation.items())),
         f"- crashes (exceptions escaping `iter_warc`): **{len(r.crashes)}**; escaping `extract_document`: **{len(r.extract_crashes)}**",
         f"- valid records before the damage that were lost: **{len(r.lost_valid_records)}**",
+        f"- pages and images lying wholly after the last flipped bit that still came out (resynchronisation): "
+        f"{r.after_damage_recovered} of {r.after_damage_expected}",
         f"- pages out: {r.pages}, images out: {r.images}, pages extracted: {r.pages_extracted}",
         f"- slowest input: {r.slowest_s:.2f} s ({r.slowest_what}); whole campaign {r.seconds:.1f} s",
         f"- peak RSS: {r.rss_peak / 2**20:.0f} MiB (start {r.rss_start / 2**20:.0f} MiB, growth {(r.rss_peak - r.rss_start) / 2**20:.0f} MiB)",
