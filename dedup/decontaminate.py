@@ -91,7 +91,7 @@ class _DecontaminateFn(beam.DoFn):
         self.checked.inc(len(set(pos)))
         hits: dict[int, tuple[int, str, str]] = {}
         if len(pos):
-            dist, sets, ids = self.index.search(codes, self.cfg.feature)
+            dist, sets, ids = self.index.search(codes, self.cfg.feature, self.cfg.max_hamming_distance)
             for j, i in enumerate(pos):  # an image's distance: the smallest over its codes
                 if dist[j] <= self.cfg.max_hamming_distance:
                     prev = hits.get(id(images[i]))

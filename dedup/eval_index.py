@@ -6,8 +6,8 @@
 One index file holds several evaluation sets; each entry keeps its image id and set name. The
 file is an ``.npz`` (no pickle): image ids and set names, and per feature a serialised FAISS index
 plus the entry → image map (an image is indexed once per variant). Binary features use
-``IndexBinaryFlat`` (exact; fast enough to a few hundred thousand entries) or, above
-``HNSW_MIN_ENTRIES``, ``IndexBinaryHNSW``. Dense embeddings are L2-normalised and searched by
+``IndexBinaryFlat`` (exact) below ``MULTIHASH_MIN_ENTRIES``; larger 64-bit sets use
+``IndexBinaryMultiHash`` (exact within the decontamination radius), wider codes ``IndexBinaryHNSW``. Dense embeddings are L2-normalised and searched by
 inner product (cosine) in ``IndexFlatIP``.
 
 Manifests: a text file with one image path per line, or ``id<TAB>path``; a JSON Lines file of
@@ -36,7 +36,9 @@ from dedup import phash
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-HNSW_MIN_ENTRIES = 2_000_000  # exact flat search stays above 5,000 queries/s/core below this (64-bit)
+MULTIHASH_MIN_ENTRIES = 200_000  # 64-bit codes: flat search below this many entries (docs/bench/dedup.md)
+MULTIHASH_TABLES = 3  # 3 tables of 21 bits: exact within distance 8 with 2 flips per table
+HNSW_MIN_ENTRIES = 2_000_000  # wider codes: flat search below this many entries
 DEFAULT_FEATURE = "phash64"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -106,9 +108,20 @@ class _Feature:
 
 
 def _new_binary_index(bits: int, n: int) -> Any:
+    """Exact flat search for small sets; multi-index hashing (exact within a radius, see
+    ``_set_radius``) for large 64-bit sets; HNSW (approximate) for large wider codes."""
+    if n >= MULTIHASH_MIN_ENTRIES and bits == 64:
+        return faiss.IndexBinaryMultiHash(bits, MULTIHASH_TABLES, bits // MULTIHASH_TABLES)
     if n >= HNSW_MIN_ENTRIES:
         return faiss.IndexBinaryHNSW(bits, 16)
     return faiss.IndexBinaryFlat(bits)
+
+
+def _set_radius(index: Any, radius: int) -> None:
+    """Multi-index hashing finds every code within ``radius``: with t tables of b bits, a code at
+    distance <= t * (nflip + 1) - 1 differs in at most nflip bits in some table (pigeonhole)."""
+    if isinstance(index, faiss.IndexBinaryMultiHash):
+        index.nflip = max(0, (radius + 1 + MULTIHASH_TABLES - 1) // MULTIHASH_TABLES - 1)
 
 
 @dataclass
@@ -193,13 +206,17 @@ class EvalIndex:
         return n
 
     # -- searching -----------------------------------------------------------------------------
-    def search(self, phashes: Any, feature: str = DEFAULT_FEATURE) -> tuple[np.ndarray, list[str], list[str]]:
+    def search(
+        self, phashes: Any, feature: str = DEFAULT_FEATURE, radius: int | None = None
+    ) -> tuple[np.ndarray, list[str], list[str]]:
         """Nearest evaluation image of each query: (Hamming distances int32[n], set names, ids).
 
         ``phashes``: hex strings (``str(imagehash.phash(img))`` for phash64) or uint8[n, bits // 8].
-        With an empty index every distance is ``bits + 1`` and names/ids are "".
+        Exact for flat indexes; a multi-hash index is exact within ``radius`` (default 8) and a
+        query with nothing that close may report ``bits + 1`` (no neighbour), as does an empty index.
         """
         feat = self._feature(feature)
+        _set_radius(feat.index, 8 if radius is None else radius)
         bits = phash.feature_bits(feature)
         if isinstance(phashes, np.ndarray):
             q = np.ascontiguousarray(phashes, dtype=np.uint8).reshape(-1, bits // 8)
@@ -210,8 +227,10 @@ class EvalIndex:
         if feat.index.ntotal == 0:
             return np.full(len(q), bits + 1, dtype=np.int32), [""] * len(q), [""] * len(q)
         dist, idx = feat.index.search(q, 1)
-        rows = feat.entries[idx[:, 0]]
-        return dist[:, 0].astype(np.int32), [self.sets[r] for r in rows], [self.ids[r] for r in rows]
+        found = idx[:, 0] >= 0
+        dist = np.where(found, dist[:, 0], bits + 1).astype(np.int32)
+        rows = [int(feat.entries[i]) if ok else -1 for i, ok in zip(idx[:, 0], found)]
+        return dist, [self.sets[r] if r >= 0 else "" for r in rows], [self.ids[r] if r >= 0 else "" for r in rows]
 
     def search_dense(self, vectors: np.ndarray, name: str) -> tuple[np.ndarray, list[str], list[str]]:
         """Most similar evaluation image by cosine: (similarities float32[n], set names, ids)."""
