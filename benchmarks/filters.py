@@ -12,7 +12,11 @@ Timed, in the same process and on the same documents:
 - anchor: a bare loop that only tokenizes the same text nodes with ``pipeline.filters.words``
   (lower-case, whitespace split, strip punctuation) — the least any word-based filter must do;
 - parts: language ID alone, and the chain with language ID turned off (``keep``/``min_score`` None).
-Reported: documents/s for each, and chain time / anchor time.
+Reported: documents/s for each, and chain time / anchor time; then the same per source; then
+the language detectors compared: CPU time per document, the share of mostly French/German
+handbook pages each drops at ``min_score`` 0.6 (mostly = py3langid reads at least half of the
+page's paragraph text as fr/de, paragraph by paragraph), and the share of the all-English Python
+reference pages and of the article-benchmark pages read as English it keeps.
 """
 from __future__ import annotations
 
@@ -123,6 +127,46 @@ def main(argv: list[str] | None = None) -> None:
         anchor_g = _time(anchor, group, args.rounds)
         mean_chars = sum(len(d.text) for d in group) / len(group)
         print(f"| {name} | {len(group)} | {mean_chars:,.0f} | {len(group) / chain_s:,.0f} | {len(group) / anchor_g:,.0f} |")
+
+
+    print()
+    print(language_table(by_source, args.rounds))
+
+
+def _foreign_share(d: Document) -> float:
+    label = langid.detector("py3langid")
+    total = foreign = 0
+    for t in d.texts:
+        if t and len(t) >= 20:
+            total += len(t)
+            foreign += len(t) if label(t) in ("fr", "de") else 0
+    return foreign / total if total else 0.0
+
+
+def language_table(by_source: dict[str, list[Document]], rounds: int) -> str:
+    handbook = [d for d in by_source.get("handbook", []) if "/fr-FR/" in d.url or "/de-DE/" in d.url]
+    foreign = [d for d in handbook if _foreign_share(d) >= 0.5]
+    pydocs, articles = by_source.get("pydocs", []), by_source.get("article_benchmark", [])
+    rows = [
+        "| detector | µs/document (CPU) | fr/de handbook pages dropped | Python docs kept | articles kept as en |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    lc = Config().language
+    for name in langid.DETECTORS:
+        langid.load(name)
+        docs = handbook + pydocs + articles
+
+        def ok(d: Document) -> bool:
+            lang, score = langid.detect([t for t in d.texts if t], name)
+            return lang == "en" and score >= lc.min_score
+
+        secs = _time(lambda d: langid.detect([t for t in d.texts if t], name), docs, max(1, rounds // 2))
+        dropped = sum(not ok(d) for d in foreign)
+        rows.append(
+            f"| {name} | {secs / len(docs) * 1e6:,.0f} | {dropped}/{len(foreign)} | "
+            f"{sum(map(ok, pydocs))}/{len(pydocs)} | {sum(map(ok, articles))}/{len(articles)} |"
+        )
+    return "\n".join(rows)
 
 
 def _source(d: Document) -> str:
