@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo demo-train test bench lock clean
 
 $(STAMP): setup.py requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pipeline.demo
+
+# The demo, then train the tiny Flamingo on its corpus and caption an image.
+demo-train: $(STAMP)
+	$(BIN)/python -m pipeline.demo --train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
