@@ -59,7 +59,7 @@ class LanguageConfig:
 
     keep: list[str] | None = field(default_factory=lambda: ["en"])  # None keeps every language
     # Score = share of the text's characters read as the detected language (pipeline/langid.py).
-    # 0.6 drops mixed-language pages (98% of the mostly French/German handbook pages) while keeping
+    # 0.6 drops mixed-language pages (97% of the mostly French/German handbook pages) while keeping
     # 94% of the code-heavy Python docs (docs/bench/filters.md). OBELICS: fastText probability >= 0.8.
     min_score: float | None = 0.6
     detector: str = "resiliparse"  # or "py3langid": slower, better on short code-heavy text
@@ -67,7 +67,10 @@ class LanguageConfig:
 
 @dataclass
 class TextFilterConfig:
-    """Paragraph- and document-level text filters (OBELICS node/doc defaults; Gopher rules)."""
+    """Paragraph- and document-level text filters (OBELICS node/doc defaults; Gopher rules).
+
+    docs/FILTERS.md defines each measure and lists where m3w departs from its source.
+    """
 
     # Paragraph (text node) level — OBELICS
     node_min_words: int | None = 4
@@ -90,8 +93,8 @@ class TextFilterConfig:
     # Gopher quality (datatrove)
     gopher_min_mean_word_length: float | None = 3.0
     gopher_max_mean_word_length: float | None = 10.0
-    gopher_max_symbol_word_ratio: float | None = 0.1
-    gopher_max_bullet_lines_ratio: float | None = 0.9
+    gopher_max_symbol_word_ratio: float | None = 0.1  # max of '#' and ellipsis counts per word
+    gopher_max_bullet_lines_ratio: float | None = 0.9  # of non-blank lines (m3w joins paragraphs by blank lines)
     gopher_max_ellipsis_lines_ratio: float | None = 0.3
     gopher_min_alpha_words_ratio: float | None = 0.8
     gopher_min_stop_words: int | None = 2
@@ -100,6 +103,7 @@ class TextFilterConfig:
     gopher_max_dup_para_frac: float | None = 0.3
     gopher_max_dup_line_char_frac: float | None = 0.2
     gopher_max_dup_para_char_frac: float | None = 0.2
+    # m3w counts the top n-gram only when it repeats (datatrove also counts a single occurrence).
     gopher_top_ngram_char_frac: dict[int, float] | None = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
     gopher_dup_ngram_char_frac: dict[int, float] | None = field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
