@@ -1,0 +1,48 @@
+"""docs/CONFIG.md's tables, generated from the comments of pipeline/m3w.yaml (one source of truth).
+
+    python -m pipeline.config_doc > docs/CONFIG.md
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+from pipeline.config import DEFAULT_CONFIG_PATH
+
+INTRO = """# Configuration
+
+`build-m3w build --config FILE` reads one YAML file; keys left out keep the defaults below and
+`null` turns a check off. Unknown keys and wrong types are one-line errors that name the key. The
+resolved config is saved as `config.yaml` beside the outputs. The defaults live in
+[`pipeline/m3w.yaml`](../pipeline/m3w.yaml) and the dataclasses of `pipeline/config.py` (a test
+keeps the two equal); this page is generated from the file's comments by
+`python -m pipeline.config_doc > docs/CONFIG.md` (a test keeps it current).
+"""
+
+_KEY = re.compile(r"^  ([a-z_0-9]+):\s*(.*?)\s*(?:#\s*(.*))?$")
+_SECTION = re.compile(r"^([a-z_]+):\s*(?:#\s*(.*))?$")
+_GROUP = re.compile(r"^  #\s*(.*)$")
+
+
+def config_markdown(path: str = DEFAULT_CONFIG_PATH) -> str:
+    out = [INTRO]
+    group = ""
+    for line in open(path, encoding="utf-8"):
+        line = line.rstrip("\n")
+        if m := _SECTION.match(line):
+            out.append(f"\n## `{m.group(1)}`\n")
+            if m.group(2):
+                out.append(f"{m.group(2)[0].upper()}{m.group(2)[1:]}.\n")
+            out.append("| key | default | meaning and source |\n|---|---|---|")
+            group = ""
+        elif m := _GROUP.match(line):
+            group = m.group(1)
+        elif m := _KEY.match(line):
+            key, value, comment = m.group(1), m.group(2), m.group(3) or ""
+            note = f"{group}: {comment}" if group and comment else (comment or group)
+            out.append(f"| `{key}` | `{value}` | {note.replace('|', '/')} |")
+    return "\n".join(out).replace("\n\n\n", "\n\n") + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(config_markdown())
