@@ -254,6 +254,7 @@ _BR = "\ue000"  # a <br> in the text buffer (private-use: never in real text, no
 _cls_cache: dict[str, bool] = {}
 _EXPAND = True
 _FILL = True
+_REPEATED = True
 _STATE_PREFIXES = ("has-", "is-", "js-", "with-", "no-", "show-", "hide-", "can-")
 
 
@@ -592,6 +593,18 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
                 if lv != best and not same_class:
                     continue  # above the winner only repeated sections count
                 if s + (best_score * 0.2 if same_class else 0.0) >= threshold:
+                    chosen.add(b)
+    if _REPEATED and bcls[best]:
+        # The article body cut into chunks that each sit in their own wrapper ("detail__content"
+        # blocks between quotes and photos): blocks of the winner's class that score well and
+        # share an ancestor with it a few levels up.
+        best_anc = set(ancestors(best)[:8])
+        for b, s in score.items():
+            if b not in chosen and s >= threshold and bcls[b] == bcls[best]:
+                a, k = bparent[b], 0
+                while a > 0 and k < 6 and a not in best_anc:
+                    a, k = bparent[a], k + 1
+                if a in best_anc:
                     chosen.add(b)
     if _FILL:
         # Blocks between two chosen siblings (a photo row between paragraphs, an embedded figure)
