@@ -602,6 +602,7 @@ class _FileReader:
         held: _Raw | None = None  # damage report, kept until we know whether the next run pins it down
         while True:
             damage: _Raw | None = None
+            last: _Raw | None = None
             stream.seek(base)
             for raw in self._fastwarc(_CountingReader(stream, base=base), stream, base=base):
                 if raw.reason:
@@ -611,6 +612,16 @@ class _FileReader:
                     yield held
                     held = None
                 yield raw
+                last = raw
+            if damage is None and last is not None and last.short_read:
+                # A corrupt gzip member can end both readers quietly inside a record; that record
+                # is rejected as truncated, and reading goes on after it.
+                nxt = _next_record_start(stream, last.offset + 1, gz)
+                if nxt is None:
+                    break
+                self.stats["resynced_after_damage"] += 1
+                base = nxt
+                continue
             if damage is None:
                 break
             if held is not None and damage.offset != base:
