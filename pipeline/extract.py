@@ -255,6 +255,7 @@ _cls_cache: dict[str, bool] = {}
 _EXPAND = True
 _FILL = True
 _REPEATED = True
+_PARAS = True
 _STATE_PREFIXES = ("has-", "is-", "js-", "with-", "no-", "show-", "hide-", "can-")
 
 
@@ -594,6 +595,16 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
                     continue  # above the winner only repeated sections count
                 if s + (best_score * 0.2 if same_class else 0.0) >= threshold:
                     chosen.add(b)
+    if _PARAS:
+        # Paragraphs right beside the winner (a lead paragraph before the body's wrapper):
+        # readability keeps those longer than 80 characters with few links, and shorter link-free
+        # ones that read as sentences.
+        top_parent = bparent[best]
+        for bid, kind, payload, link, tag in items:
+            if kind == "t" and tag == "p" and bparent[bid] == top_parent and bid not in chosen:
+                size = len(payload)
+                if (size > 80 and link < 0.25 * size) or (size <= 80 and link == 0 and ". " in payload):
+                    chosen.add(bid)
     if _REPEATED and bcls[best]:
         # The article body cut into chunks that each sit in their own wrapper ("detail__content"
         # blocks between quotes and photos): blocks of the winner's class that score well and
