@@ -192,18 +192,20 @@ def alpha_words_ratio(text: str, ws: list[str] | None = None) -> float:
 # ~2^32 distinct windows, far beyond any document.
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
 _BASE_INV = np.uint64(pow(int(_BASE), -1, 2**64))
-_POW: np.ndarray = np.ones(1, dtype=np.uint64)
-_POW_INV: np.ndarray = np.ones(1, dtype=np.uint64)
+# (B^i, B^-i) for i < len; replaced as one tuple so concurrent readers never see a mismatched pair.
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
 
 def _powers(m: int) -> tuple[np.ndarray, np.ndarray]:
-    global _POW, _POW_INV
-    if len(_POW) < m:
-        size = max(m, 2 * len(_POW), 4096)
+    global _POWERS
+    pw, pinv = _POWERS
+    if len(pw) < m:
+        size = max(m, 2 * len(pw), 4096)
         with np.errstate(over="ignore"):
-            _POW = np.cumprod(np.full(size, _BASE, dtype=np.uint64)) * _BASE_INV
-            _POW_INV = np.cumprod(np.full(size, _BASE_INV, dtype=np.uint64)) * _BASE
-    return _POW[:m], _POW_INV[:m]
+            pw = np.cumprod(np.full(size, _BASE, dtype=np.uint64)) * _BASE_INV
+            pinv = np.cumprod(np.full(size, _BASE_INV, dtype=np.uint64)) * _BASE
+        _POWERS = (pw, pinv)
+    return pw[:m], pinv[:m]
 
 
 def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
