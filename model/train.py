@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -179,10 +180,11 @@ def make_optimizer(tc: TrainConfig, trainable: Any):
     import jax
     import optax
 
+    import jax.numpy as jnp
+
     warm = max(1, tc.warmup_steps)
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, tc.lr, warm), optax.constant_schedule(tc.lr)], [warm]
-    )
+    # Linear warm-up reaching lr after `warm` updates (the first update already moves), then flat.
+    schedule = lambda count: tc.lr * jnp.minimum(1.0, (count + 1) / warm)
     decay_mask = lambda params: jax.tree_util.tree_map_with_path(is_xattn_weight, params)
     inner = optax.chain(
         optax.clip_by_global_norm(tc.clip_norm),
@@ -428,6 +430,7 @@ KNOWN_PEAK_FLOPS = {  # dense bf16 per chip
 }
 
 
+@functools.lru_cache(maxsize=None)
 def matmul_flops_per_s(n: int = 2048, repeats: int = 3) -> float:
     """FLOP/s of a plain ``jnp.dot`` of two n×n fp32 matrices on the default device."""
     import jax
@@ -503,6 +506,11 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
     if jax.process_index() == 0:
         tok.save(out / "tokenizer.json")
     base_cfg = load_model_config(tc.model)
+    pretrained = load_pretrained(tc)
+    if "lm" in pretrained:
+        base_cfg = dataclasses.replace(base_cfg, lm=pretrained["lm"][0])
+    if "vision" in pretrained:
+        base_cfg = dataclasses.replace(base_cfg, vision=pretrained["vision"][0])
     from_scratch = tc.lm_checkpoint is None
     train_lm = from_scratch if tc.train_lm is None else tc.train_lm
     if from_scratch:
@@ -526,7 +534,8 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
         _say(f"resumed from step {int(state['step'])}")
     else:
         state = trainer.init_state(tc.seed)
-        load_pretrained(tc, trainer, state)
+        if pretrained:
+            state = merge_pretrained(state, trainer, {k: v[1] for k, v in pretrained.items()})
     start = int(state["step"])
 
     # ----- Data -----
@@ -614,19 +623,46 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
     return records
 
 
-def load_pretrained(tc: TrainConfig, trainer: Trainer, state) -> None:
-    """Load LM / vision weights into ``state['params']`` in place (model/ loaders, when present)."""
-    for what, path in (("lm", tc.lm_checkpoint), ("vision", tc.vision_checkpoint)):
-        if not path:
-            continue
-        try:
-            from model import checkpoints as ckpts  # the model's own weight loaders
-        except ImportError:
-            raise SystemExit(f"train-flamingo: loading a {what} checkpoint needs model/checkpoints.py (not present)") from None
-        loader = getattr(ckpts, f"load_{what}_into", None)
-        if loader is None:
-            raise SystemExit(f"train-flamingo: model.checkpoints has no load_{what}_into(params, path)")
-        state["params"] = loader(state["params"], path)
+def load_pretrained(tc: TrainConfig) -> dict[str, tuple[Any, dict]]:
+    """{"lm": (LMConfig, params), "vision": (VisionConfig, params)} from local Hugging Face /
+    OpenCLIP checkpoints (model/weights.py), for the ones given."""
+    out: dict[str, tuple[Any, dict]] = {}
+    if tc.lm_checkpoint or tc.vision_checkpoint:
+        from model import weights
+
+        if tc.lm_checkpoint:
+            out["lm"] = weights.load_lm(tc.lm_checkpoint)
+            _say(f"LM weights from {tc.lm_checkpoint}")
+        if tc.vision_checkpoint:
+            out["vision"] = weights.load_vision(tc.vision_checkpoint)
+            _say(f"vision encoder weights from {tc.vision_checkpoint}")
+    return out
+
+
+def merge_pretrained(state, trainer: Trainer, subtrees: dict[str, dict]):
+    """Overwrite ``params[name]``'s leaves present in ``subtrees[name]`` (shapes must agree) and
+    re-place the parameters with their shardings; Flamingo's new leaves keep their init."""
+    import jax
+
+    params = jax.device_get(state["params"])
+
+    def merge(cur: dict, new: dict, where: str) -> dict:
+        out = dict(cur)
+        for k, v in new.items():
+            if k not in cur:
+                raise ValueError(f"checkpoint has {where}/{k}, which the model does not")
+            if isinstance(v, dict):
+                out[k] = merge(cur[k], v, f"{where}/{k}")
+            else:
+                if tuple(np.shape(v)) != tuple(np.shape(cur[k])):
+                    raise ValueError(f"{where}/{k}: checkpoint shape {np.shape(v)} != model {np.shape(cur[k])}")
+                out[k] = np.asarray(v, dtype=cur[k].dtype)
+        return out
+
+    for name, tree in subtrees.items():
+        params[name] = merge(params[name], tree, name)
+    state["params"] = jax.device_put(params, trainer.param_sharding)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,24 +771,19 @@ def caption(run_dir: str, image_path: str, prompt: str = "", max_new_tokens: int
     images = normalize_images(jnp.asarray(px)[None, None, None], jnp.float32)  # [1, 1, 1, S, S, 3]
     ids = [tok.image_id] + tok.encode(prompt)
     stop = {tok.eoc_id, tok.pad_id} | ({tok.eot_id} if tok.eot_id is not None else set())
-    try:
-        from model import generate as gen  # the model's decoder when present (cached, beam search)
-    except ImportError:
-        gen = None
-    if gen is not None and hasattr(gen, "generate"):
-        out = gen.generate(cfg, params, images, jnp.asarray([ids], jnp.int32), max_new_tokens=max_new_tokens,
-                           num_beams=beams, eos_token_id=tok.eoc_id)
-        new = [int(t) for t in np.asarray(out)[0][len(ids):]]
+    from model import generate
+
+    model = Flamingo(cfg)
+    prompt = jnp.asarray([ids], jnp.int32)
+    if beams > 1:
+        out = generate.beam_search(model, params, images, prompt, max_new_tokens, tok.eoc_id, num_beams=beams)
     else:
-        model = Flamingo(cfg)
-        new = []
-        for _ in range(max_new_tokens):  # full forward per token: fine for a demo-sized model
-            seq = jnp.asarray([ids + new], jnp.int32)
-            logits = model.apply({"params": params}, images, seq)
-            nxt = int(jnp.argmax(logits[0, -1]))
-            if nxt in stop:
-                break
-            new.append(nxt)
+        out = generate.greedy(model, params, images, prompt, max_new_tokens, tok.eoc_id)
+    new = []
+    for t in np.asarray(out)[0].tolist():
+        if t in stop:
+            break
+        new.append(t)
     new = [t for t in new if t not in stop]
     return tok.decode(new).strip()
 

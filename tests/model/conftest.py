@@ -13,6 +13,12 @@ import sys
 # Must precede the first jax import in this process (pytest loads this before the test modules).
 if "jax" not in sys.modules:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    # XLA:CPU compiles dominate these tests; a persistent cache makes reruns (and the subprocess
+    # fallback below) reuse them. Keyed by the program, so a stale entry is never used.
+    import tempfile
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "m3w-jax-cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import io  # noqa: E402
 import json  # noqa: E402
@@ -23,18 +29,24 @@ import pytest  # noqa: E402
 from tests.conftest import REPO, shared_path  # noqa: E402
 
 
+_SUBPROCESS_RESULTS: dict[str, subprocess.CompletedProcess] = {}
+
+
 def need_devices(n: int, nodeid: str) -> bool:
-    """True when this process has ``n`` devices; otherwise runs ``nodeid`` in a fresh process
-    (where the device-count flag takes effect) and returns False after asserting it passed."""
+    """True when this process has ``n`` devices. Otherwise (jax was imported before this conftest
+    could set the flag) runs ``nodeid`` once in a fresh process where the flag takes effect,
+    asserts that it passed, and returns False: the caller then has nothing left to check."""
     import jax
 
     if jax.device_count() >= n:
         return True
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    if nodeid not in _SUBPROCESS_RESULTS:
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+        _SUBPROCESS_RESULTS[nodeid] = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        )
+    r = _SUBPROCESS_RESULTS[nodeid]
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     return False
 
