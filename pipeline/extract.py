@@ -252,10 +252,6 @@ def _resolve(base: str, url: str) -> str | None:
 
 _BR = "\ue000"  # a <br> in the text buffer (private-use: never in real text, not whitespace)
 _cls_cache: dict[str, bool] = {}
-_EXPAND = True
-_FILL = True
-_REPEATED = True
-_PARAS = True
 _STATE_PREFIXES = ("has-", "is-", "js-", "with-", "no-", "show-", "hide-", "can-")
 
 
@@ -582,7 +578,7 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
     bcls = w.bcls
     levels = [best]
     p = bparent[best]
-    while _EXPAND and p > 0 and score.get(p, 0.0) >= best_score / 3:
+    while p > 0 and score.get(p, 0.0) >= best_score / 3:
         levels.append(p)
         p = bparent[p]
     chosen = {best}
@@ -595,17 +591,16 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
                     continue  # above the winner only repeated sections count
                 if s + (best_score * 0.2 if same_class else 0.0) >= threshold:
                     chosen.add(b)
-    if _PARAS:
-        # Paragraphs right beside the winner (a lead paragraph before the body's wrapper):
-        # readability keeps those longer than 80 characters with few links, and shorter link-free
-        # ones that read as sentences.
-        top_parent = bparent[best]
-        for bid, kind, payload, link, tag in items:
-            if kind == "t" and tag == "p" and bparent[bid] == top_parent and bid not in chosen:
-                size = len(payload)
-                if (size > 80 and link < 0.25 * size) or (size <= 80 and link == 0 and ". " in payload):
-                    chosen.add(bid)
-    if _REPEATED and bcls[best]:
+    # Paragraphs right beside the winner (a lead paragraph before the body's wrapper):
+    # readability keeps those longer than 80 characters with few links, and shorter link-free
+    # ones that read as sentences.
+    top_parent = bparent[best]
+    for bid, kind, payload, link, tag in items:
+        if kind == "t" and tag == "p" and bparent[bid] == top_parent and bid not in chosen:
+            size = len(payload)
+            if (size > 80 and link < 0.25 * size) or (size <= 80 and link == 0 and ". " in payload):
+                chosen.add(bid)
+    if bcls[best]:
         # The article body cut into chunks that each sit in their own wrapper ("detail__content"
         # blocks between quotes and photos): blocks of the winner's class that score well and
         # share an ancestor with it a few levels up.
@@ -617,17 +612,16 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
                     a, k = bparent[a], k + 1
                 if a in best_anc:
                     chosen.add(b)
-    if _FILL:
-        # Blocks between two chosen siblings (a photo row between paragraphs, an embedded figure)
-        # belong to the article unless they are mostly links.
-        for lv in levels:
-            lp = bparent[lv]
-            kids = [b for b in range(lp + 1, n) if bparent[b] == lp]
-            picked = [i for i, b in enumerate(kids) if b in chosen]
-            if len(picked) >= 2:
-                for b in kids[picked[0] + 1 : picked[-1]]:
-                    if b not in chosen and (not tlen[b] or llen[b] <= tlen[b] * 0.5):
-                        chosen.add(b)
+    # Blocks between two chosen siblings (a photo row between paragraphs, an embedded figure)
+    # belong to the article unless they are mostly links.
+    for lv in levels:
+        lp = bparent[lv]
+        kids = [b for b in range(lp + 1, n) if bparent[b] == lp]
+        picked = [i for i, b in enumerate(kids) if b in chosen]
+        if len(picked) >= 2:
+            for b in kids[picked[0] + 1 : picked[-1]]:
+                if b not in chosen and (not tlen[b] or llen[b] <= tlen[b] * 0.5):
+                    chosen.add(b)
     inside = [False] * n
     for b in range(1, n):
         inside[b] = b in chosen or inside[bparent[b]]
