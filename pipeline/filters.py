@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
+import operator
 import os
 import re
 import string
@@ -182,8 +184,11 @@ def alpha_words_ratio(text: str, ws: list[str] | None = None) -> float:
     if not n:
         return 0.0
     ws = words(text) if ws is None else ws
-    alpha = sum(map(str.isalpha, ws))
-    alpha += sum(1 for w in ws if not w.isalpha() and any(map(str.isalpha, w)))
+    flags = list(map(str.isalpha, ws))
+    alpha = sum(flags)
+    if alpha < len(ws):
+        mixed = itertools.compress(ws, map(operator.not_, flags))
+        alpha += sum(1 for w in mixed if any(map(str.isalpha, w)))
     return alpha / n
 
 
