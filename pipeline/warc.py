@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import functools
 import io
 import os
 import re
@@ -105,14 +106,17 @@ class HttpError(ValueError):
 
 
 _HEADER_LINE = re.compile(r"^([^:\r\n]+):([^\r\n]*)", re.M)
+# The reader needs three headers; collecting only them skips most of the per-line Python work.
+_USED_HEADERS = re.compile(r"^[ \t]*(content-type|content-encoding|transfer-encoding)[ \t]*:([^\r\n]*)", re.M | re.I)
 _ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _CHARSET_PARAM = re.compile(r"charset\s*=\s*[\"']?([^\s;\"']+)", re.I)
 
 
-def parse_http_headers(block: bytes) -> tuple[int, dict[str, str], int]:
+def parse_http_headers(block: bytes, only: re.Pattern | None = None) -> tuple[int, dict[str, str], int]:
     """Parse ``HTTP/x.y CODE reason`` and headers at the start of ``block``.
 
     Returns (status, headers with lower-case names, repeated names joined by ", ", offset of the body).
+    ``only`` (a pattern like ``_HEADER_LINE``) limits which header lines are collected.
     """
     # The earliest blank line ends the headers; servers mix CRLF and bare LF.
     end, sep = -1, 0
@@ -134,7 +138,7 @@ def parse_http_headers(block: bytes) -> tuple[int, dict[str, str], int]:
         raise HttpError(f"bad status line {status_line.strip()[:80]!r}")
     headers: dict[str, str] = {}
     # Lines without a colon (folded or junk) carry nothing we use and do not match.
-    for name, value in _HEADER_LINE.findall(rest):
+    for name, value in (only or _HEADER_LINE).findall(rest):
         name = name.strip().lower()
         value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
@@ -298,6 +302,7 @@ _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_.:\
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
+@functools.lru_cache(maxsize=512)
 def _html5_name(label: str) -> str | None:
     from resiliparse.parse.encoding import map_encoding_to_html5
 
@@ -550,7 +555,7 @@ class _FileReader:
             ct = raw.warc_content_type.split(";")[0].strip().lower()
             return ct in HTML_TYPES or ct.startswith("image/") or ct in _GENERIC_TYPES
         try:
-            _status, headers, body_at = parse_http_headers(head)
+            _status, headers, body_at = parse_http_headers(head, _USED_HEADERS)
         except HttpError:
             return False
         ct = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -780,7 +785,7 @@ class _FileReader:
         is_http = raw.rtype == "response" and block.startswith(b"HTTP/")
         if is_http:
             try:
-                status, headers, body_at = parse_http_headers(block)
+                status, headers, body_at = parse_http_headers(block, _USED_HEADERS)
             except HttpError as e:
                 yield self._reject("bad_http_headers", prov, url, str(e))
                 return
