@@ -260,7 +260,11 @@ def iter_documents(path: str, url: str | None, cfg: Config) -> Iterator[Document
 
 def main(argv: list[str]) -> int:
     """``build-m3w explain``; returns the exit status (2 on a user error, with a one-line message)."""
-    ap = argparse.ArgumentParser(prog="build-m3w explain", description=__doc__.split("\n")[0], usage=USAGE)
+    ap = argparse.ArgumentParser(
+        prog="build-m3w explain",
+        description="Every text filter's measured value, threshold and verdict, node by node and for the document.",
+        usage=USAGE,
+    )
     ap.add_argument("--input", required=True, help="WARC/ARC (.gz), HTML (.gz) or JSONL from build-m3w extract")
     ap.add_argument("--url", help="the page to explain (default: every page in the input)")
     ap.add_argument("--config", help="config YAML (default: the bundled pipeline/m3w.yaml)")
