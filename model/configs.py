@@ -181,10 +181,12 @@ _PRESETS = {
     "tiny-gpt2": lambda: _tiny("gpt2"),
     "tiny-llama": lambda: _tiny("llama"),
     "small": _small,
-    # Chinchilla 1.4B / 7B / 70B shapes; xattn before every / every 4th / every 7th layer.
+    # Chinchilla 1.4B / 7B / 70B: layers, width and heads of the paper's Table 4; the gated MLP's
+    # width is chosen so the LM has the paper's parameter count (1.36B / 7.1B / 70.3B here).
+    # Cross-attention before every / every 4th / every 7th layer.
     "3b": lambda: _paper(2048, 24, 16, 5632, 1),
-    "9b": lambda: _paper(4096, 40, 32, 11264, 4),
-    "80b": lambda: _paper(8192, 80, 64, 22528, 7),
+    "9b": lambda: _paper(4096, 40, 32, 8448, 4),
+    "80b": lambda: _paper(8192, 80, 64, 24576, 7),
 }
 
 CONFIG_NAMES = tuple(_PRESETS)

@@ -8,10 +8,12 @@ candidates by `score`.
 
 Each entry point runs as one jitted function per (config, shapes); decoding steps are a
 `lax.scan`, so a call compiles once and then runs without Python in the loop.
+`compiler_options` are passed to XLA (e.g. `{"xla_backend_optimization_level": 0}` halves
+compile time for tiny models on CPU).
 """
 from __future__ import annotations
 
-from functools import partial
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -46,11 +48,24 @@ def _step(config: FlamingoConfig, params, visual, tokens, cache):
     return logits[:, 0], cache
 
 
+_STATIC = {"_greedy": (0, 4), "_beam": (0, 4, 6, 7), "_score": (0,)}
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name: str, options: tuple = ()):
+    """The jitted entry point `name`, compiled with XLA `options` (e.g. a lower optimisation
+    level where compile time dominates, as for tiny models on CPU)."""
+    return jax.jit(globals()[name], static_argnums=_STATIC[name], compiler_options=dict(options) or None)
+
+
+def _options(compiler_options: dict | None) -> tuple:
+    return tuple(sorted((compiler_options or {}).items()))
+
+
 def _mask(prompt_ids, attention_mask):
     return jnp.ones(prompt_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
 
 
-@partial(jax.jit, static_argnums=(0, 4))
 def _greedy(config, params, images, prompt_ids, max_new, eos_id, attention_mask):
     visual, last, cache = _prefill(config, params, images, prompt_ids, attention_mask, max_new)
 
@@ -67,15 +82,16 @@ def _greedy(config, params, images, prompt_ids, max_new, eos_id, attention_mask)
 
 
 def greedy(model: Flamingo, params, images, prompt_ids, max_new_tokens: int, eos_id: int | None = None, *,
-           attention_mask=None):
+           attention_mask=None, compiler_options: dict | None = None):
     """Greedy decoding. images [B, M, T, H, W, 3], prompt_ids [B, Lp] (left-padded) ->
     generated ids int32 [B, max_new_tokens]; after `eos_id` (default `<|endofchunk|>`) every
     position holds `eos_id`."""
     c = model.config
     eos = c.eoc_token_id if eos_id is None else eos_id
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    return _greedy(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), jnp.int32(eos),
-                   _mask(prompt_ids, attention_mask))
+    fn = _jitted("_greedy", _options(compiler_options))
+    return fn(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), jnp.int32(eos),
+              _mask(prompt_ids, attention_mask))
 
 
 def _repeat_batch(tree, k: int):
@@ -83,7 +99,6 @@ def _repeat_batch(tree, k: int):
     return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, tree)
 
 
-@partial(jax.jit, static_argnums=(0, 4, 6, 7))
 def _beam(config, params, images, prompt_ids, max_new, eos_id, k, length_penalty, attention_mask):
     b = prompt_ids.shape[0]
     visual, last, cache = _prefill(config, params, images, prompt_ids, attention_mask, max_new)
@@ -121,7 +136,8 @@ def _beam(config, params, images, prompt_ids, max_new, eos_id, k, length_penalty
 
 
 def beam_search(model: Flamingo, params, images, prompt_ids, max_new_tokens: int, eos_id: int | None = None, *,
-                num_beams: int = 3, length_penalty: float = 0.0, attention_mask=None, return_scores: bool = False):
+                num_beams: int = 3, length_penalty: float = 0.0, attention_mask=None, return_scores: bool = False,
+                compiler_options: dict | None = None):
     """Beam search (paper: 3 beams, stop at `<|endofchunk|>`).
 
     -> best sequence int32 [B, max_new_tokens] (eos-padded after its eos), and with
@@ -131,12 +147,12 @@ def beam_search(model: Flamingo, params, images, prompt_ids, max_new_tokens: int
     c = model.config
     eos = c.eoc_token_id if eos_id is None else eos_id
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    seqs, scores = _beam(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), jnp.int32(eos),
-                         int(num_beams), float(length_penalty), _mask(prompt_ids, attention_mask))
+    fn = _jitted("_beam", _options(compiler_options))
+    seqs, scores = fn(c, nn.unbox(params), jnp.asarray(images), prompt_ids, int(max_new_tokens), jnp.int32(eos),
+                      int(num_beams), float(length_penalty), _mask(prompt_ids, attention_mask))
     return (seqs, scores) if return_scores else seqs
 
 
-@partial(jax.jit, static_argnums=(0,))
 def _score(config, params, images, prompt_ids, attention_mask, cand, cand_mask):
     b = prompt_ids.shape[0]
     n_cand, lc = cand.shape
@@ -154,7 +170,7 @@ def _score(config, params, images, prompt_ids, attention_mask, cand, cand_mask):
 
 
 def score(model: Flamingo, params, images, prompt_ids, candidates: Sequence[Sequence[int]], *,
-          attention_mask=None):
+          attention_mask=None, compiler_options: dict | None = None):
     """Log-likelihood of each candidate continuation given images and prompt (close-ended tasks).
 
     images [B, M, T, H, W, 3], prompt_ids [B, Lp] (left-padded), candidates: C token-id lists
@@ -169,5 +185,6 @@ def score(model: Flamingo, params, images, prompt_ids, candidates: Sequence[Sequ
         cand[i, :len(cnd)] = cnd
         cmask[i, :len(cnd)] = True
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    return _score(model.config, nn.unbox(params), jnp.asarray(images), prompt_ids,
-                  _mask(prompt_ids, attention_mask), jnp.asarray(cand), jnp.asarray(cmask))
+    fn = _jitted("_score", _options(compiler_options))
+    return fn(model.config, nn.unbox(params), jnp.asarray(images), prompt_ids, _mask(prompt_ids, attention_mask),
+              jnp.asarray(cand), jnp.asarray(cmask))

@@ -1,6 +1,7 @@
 """KV-cached inference: greedy = uncached argmax decoding, beam(1) = greedy, scores = likelihoods."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -11,9 +12,12 @@ import pytest
 
 from model.configs import FlamingoConfig, get_config
 from model.flamingo import Flamingo, random_params
-from model.generate import beam_search, greedy, score
+from model import generate
 
-FAST = {"xla_backend_optimization_level": 0}
+FAST = {"xla_backend_optimization_level": 0}  # tiny models: compile time dominates, not run time
+greedy = functools.partial(generate.greedy, compiler_options=FAST)
+beam_search = functools.partial(generate.beam_search, compiler_options=FAST)
+score = functools.partial(generate.score, compiler_options=FAST)
 IMG, EOC, PAD = 512, 513, 0
 N_NEW = 6
 # Two left-padded prompts, two images each (the second row's second image is never referenced).
@@ -25,7 +29,10 @@ MASK[1, :3] = False
 
 @functools.lru_cache(maxsize=None)
 def setup(layout: str):
-    cfg = get_config(f"tiny-{layout}")
+    tiny = get_config(f"tiny-{layout}")  # shrunk: decoding compiles the LM twice (prompt and step)
+    cfg = tiny.replace(vision=dataclasses.replace(tiny.vision, n_layers=1),
+                       resampler=dataclasses.replace(tiny.resampler, n_layers=1),
+                       lm=dataclasses.replace(tiny.lm, n_layers=2))
     # Open gates and wider weights, so the images and every block shape the predictions.
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.ones_like(x) if getattr(path[-1], "key", "").endswith("_gate") else x,
