@@ -51,6 +51,7 @@ class ExtractConfig:
     main_content: bool = True  # keep only the densest content block(s) (readability's text-density score)
     main_content_min_chars: int = 200  # below this the chosen block is a teaser, not the article: keep the page
     main_content_min_score: float = 15.0  # winner scoring below this (about 3 paragraphs) is no evidence of an article: keep the page
+    drop_title_heading: bool = True  # the heading that repeats <title> is dropped: the document keeps it as `title`
 
 
 @dataclass

@@ -662,6 +662,15 @@ def _assemble(items: list[tuple], w: _Walk, min_chars: int) -> list[Node]:
     return nodes
 
 
+def _without_title_heading(items: list[tuple], title: str) -> list[tuple]:
+    """Items without the first heading that repeats the page title (the document keeps it as ``title``)."""
+    low = title.lower()
+    for i, it in enumerate(items[:20]):
+        if it[1] == "t" and it[4] in _HEADINGS and len(it[2]) >= 10 and it[2].lower() in low:
+            return items[:i] + items[i + 1 :]
+    return items
+
+
 def _html_too_large(html: str, limit: int | None) -> bool:
     if limit is None or len(html) <= limit // 4:
         return False
@@ -704,6 +713,8 @@ def extract_nodes(
             # A short winner is one teaser of a list page (a shop, an index): keep the whole page.
             if sum(len(it[2]) for it in kept if it[1] == "t") >= cfg.main_content_min_chars:
                 items = kept
+    if cfg.drop_title_heading and title:
+        items = _without_title_heading(items, title)
     return _assemble(items, walk, cfg.min_text_chars), title
 
 

@@ -259,6 +259,14 @@ def test_pre_keeps_its_line_breaks():
     assert texts(nodes_of("<pre>def f():\n    return 1\n</pre>")) == ["def f():\n    return 1"]
 
 
+def test_heading_repeating_the_title_is_dropped_and_kept_as_title():
+    html = f"<html><head><title>Storm hits the coast | Daily News</title></head><body><h1>Storm hits the coast</h1><p>{PARA}</p></body></html>"
+    nodes, title = extract_nodes(html, BASE)
+    assert title == "Storm hits the coast | Daily News" and texts(nodes) == [PARA]
+    nodes, _ = extract_nodes(html, BASE, ExtractConfig(drop_title_heading=False))
+    assert texts(nodes) == ["Storm hits the coast", PARA]
+
+
 def test_title_is_returned():
     _, title = extract_nodes("<html><head><title> My  page </title></head><body><p>x</p></body></html>", BASE)
     assert title == "My page"
