@@ -589,27 +589,35 @@ class _FileReader:
             reader = _CountingReader(stream)
         else:
             reader = _CountingReader(stream, prefix)
+        gz = prefix[:2] == b"\x1f\x8b"
+        arc = first_line.startswith(b"filedesc://")
         if use_fastwarc and seekable:
-            yield from self._convert_all(self._fastwarc_resyncing(stream, gz=prefix[:2] == b"\x1f\x8b"))
+            runs = self._resyncing(
+                stream, gz, "warc", lambda base: self._fastwarc(_CountingReader(stream, base=base), stream, base=base)
+            )
         elif use_fastwarc:
-            yield from self._convert_all(self._fastwarc(reader, None))
+            runs = self._fastwarc(reader, None)
+        elif seekable:
+            kind = "arc" if arc else "warc_lf"
+            runs = self._resyncing(stream, gz, kind, lambda base: self._warcio(_CountingReader(stream), base=base, arc=arc))
         else:
-            arc = first_line.startswith(b"filedesc://")
-            yield from self._convert_all(self._warcio(reader, base=0, arc=arc))
+            runs = self._warcio(reader, base=0, arc=arc)
+        yield from self._convert_all(runs)
 
     def _convert_all(self, raws: Iterator[_Raw]) -> Iterator[Item]:
         for raw in raws:
             yield from self.convert(raw)
 
-    def _fastwarc_resyncing(self, stream, gz: bool) -> Iterator[_Raw]:
-        """FastWARC over a seekable file; after damage, go on from the next record start found."""
+    def _resyncing(self, stream, gz: bool, kind: str, run: Callable[[int], Iterator[_Raw]]) -> Iterator[_Raw]:
+        """``run(base)`` over a seekable file from ``base``; after damage, again from the next record
+        start found (``kind``: "warc", "warc_lf" or "arc"), until the end of the file."""
         base = 0
         held: _Raw | None = None  # damage report, kept until we know whether the next run pins it down
         while True:
             damage: _Raw | None = None
             last: _Raw | None = None
             stream.seek(base)
-            for raw in self._fastwarc(_CountingReader(stream, base=base), stream, base=base):
+            for raw in run(base):
                 if raw.reason:
                     damage = raw
                     continue
@@ -621,7 +629,7 @@ class _FileReader:
             if damage is None and last is not None and last.short_read:
                 # A corrupt gzip member can end both readers quietly inside a record; that record
                 # is rejected as truncated, and reading goes on after it.
-                nxt = _next_record_start(stream, last.offset + 1, gz)
+                nxt = _next_record_start(stream, last.offset + 1, gz, kind)
                 if nxt is None:
                     break
                 self.stats["resynced_after_damage"] += 1
@@ -632,7 +640,7 @@ class _FileReader:
             if held is not None and damage.offset != base:
                 yield held
             held = damage  # one damaged stretch, reported once at its most precise offset
-            nxt = _next_record_start(stream, max(damage.offset, base) + 1, gz)
+            nxt = _next_record_start(stream, max(damage.offset, base) + 1, gz, kind)
             if nxt is None:
                 break
             self.stats["resynced_after_damage"] += 1
@@ -907,21 +915,37 @@ _GZIP_MEMBER = b"\x1f\x8b\x08"
 _WARC_START = b"WARC/"
 
 
-def _next_record_start(stream, start: int, gz: bool) -> int | None:
+_ARC_HEADER = re.compile(rb"[a-z][a-z0-9+.\-]*:\S* \S+ \d{14} \S* \d+\r?\n")
+_FIND_START = {
+    "warc": re.compile(rb"\nWARC/"),
+    "warc_lf": re.compile(rb"\nWARC/"),
+    "arc": re.compile(rb"\n(?=[a-z][a-z0-9+.\-]*:\S* \S+ \d{14} )"),
+    "gz": re.compile(re.escape(_GZIP_MEMBER)),
+}
+
+
+def _looks_like_record(probe: bytes, kind: str) -> bool:
+    if kind == "arc":
+        return bool(_ARC_HEADER.match(probe))
+    line_end = b"\r\n" if kind == "warc" else b"\n"
+    return probe.startswith(_WARC_START) and line_end in probe[:16] and (b"WARC-Type" in probe or b"Content-Length" in probe)
+
+
+def _next_record_start(stream, start: int, gz: bool, kind: str = "warc") -> int | None:
     """Offset of the next plausible record at or after ``start``: a gzip member that inflates to a
-    WARC header (per-record gzip), or a ``WARC/x.y`` line followed by WARC headers."""
-    magic = _GZIP_MEMBER if gz else b"\nWARC/"
-    pos = start if gz else start - 1
+    record header (per-record gzip), or a header line of ``kind`` ("warc", "warc_lf", "arc")."""
+    finder = _FIND_START["gz" if gz else kind]
+    pos = start if gz else start - 1  # uncompressed starts are found by the newline before them
     while True:
         stream.seek(pos)
         chunk = stream.read(1 << 20)
-        if len(chunk) < len(magic):
-            return None
-        i = chunk.find(magic)
-        if i < 0:
-            pos += len(chunk) - len(magic) + 1
+        m = finder.search(chunk)
+        if m is None:
+            if len(chunk) < (1 << 20):
+                return None
+            pos += len(chunk) - 4096  # overlap: a header line may straddle the chunk edge
             continue
-        cand = pos + i + (0 if gz else 1)
+        cand = pos + m.start() + (0 if gz else 1)
         stream.seek(cand)
         probe = stream.read(8192)
         if gz:
@@ -929,7 +953,7 @@ def _next_record_start(stream, start: int, gz: bool) -> int | None:
                 probe = zlib.decompressobj(31).decompress(probe, 512)
             except zlib.error:
                 probe = b""
-        if probe.startswith(_WARC_START) and b"\r\n" in probe[:16] and (b"WARC-Type" in probe or b"Content-Length" in probe):
+        if _looks_like_record(probe, kind):
             return cand
         pos = cand + 1
 

@@ -356,14 +356,15 @@ def test_unseekable_stream_gives_the_same_items(rel):
     assert reasons(s_rejects) == reasons(rejects)
 
 
-def test_records_after_a_corrupt_gzip_member_are_recovered(tmp_path):
-    path = shared_path("warc", "aut_test_resources", "example.warc.gz")
+@pytest.mark.parametrize("name", ["example.warc.gz", "example.arc.gz"])
+def test_records_after_a_corrupt_gzip_member_are_recovered(tmp_path, name):
+    path = shared_path("warc", "aut_test_resources", name)
     pages, images, _, _ = read_all(path)
     victim = pages[len(pages) // 2].provenance
     data = bytearray(path.read_bytes())
     middle = victim.warc_record_offset + victim.warc_record_length // 2
     data[middle : middle + 64] = b"\0" * 64  # wreck the deflate stream of one member
-    bad = tmp_path / "bad.warc.gz"
+    bad = tmp_path / name
     bad.write_bytes(bytes(data))
     b_pages, b_images, b_rejects, stats = read_all(bad)
     assert {p.url for p in b_pages} == {p.url for p in pages} - {pages[len(pages) // 2].url}
