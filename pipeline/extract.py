@@ -596,7 +596,7 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
     # ones that read as sentences.
     top_parent = bparent[best]
     for bid, kind, payload, link, tag in items:
-        if kind == "t" and tag == "p" and bparent[bid] == top_parent and bid not in chosen:
+        if kind == "t" and (tag == "p" or tag == "div") and bparent[bid] == top_parent and bid not in chosen:
             size = len(payload)
             if (size > 80 and link < 0.25 * size) or (size <= 80 and link == 0 and ". " in payload):
                 chosen.add(bid)
