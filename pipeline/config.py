@@ -33,6 +33,7 @@ class LimitsConfig:
     max_image_bytes: int | None = 20_000_000  # image payloads larger than this are rejected
     max_image_pixels: int | None = 89_478_485  # Pillow's own decompression-bomb limit
     parse_timeout_s: float | None = 10.0  # per-page extraction time limit
+    max_revisit_index: int | None = 2_000_000  # URLs/digests kept per WARC to resolve revisits (~150 B each)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ExtractConfig:
     )
     main_content: bool = True  # keep only the densest content block(s) (readability's text-density score)
     main_content_min_chars: int = 200  # below this the chosen block is a teaser, not the article: keep the page
-    main_content_min_score: float = 15.0  # winner scoring below this (about 3 paragraphs) is no evidence of an article: keep the page
+    main_content_min_score: float = 15.0  # a winner below this (~3 paragraphs) is no evidence: keep the page (docs/bench/extraction.md)
     drop_title_heading: bool = True  # the heading that repeats <title> is dropped: the document keeps it as `title`
 
 
