@@ -152,13 +152,25 @@ def test_changing_image_k_changes_only_what_the_masking_allows(only_immediate):
     assert np.all(dl[pos[k]:] > 1e-6)
 
 
+def test_bfloat16_activations_keep_fp32_params_and_logits():
+    cfg = get_config("tiny")
+    params = set_leaves(random_params(cfg, std=0.1), attn_gate=1.0, ffw_gate=1.0)
+    x = images(cfg, 1, 3)
+    ref, _ = forward(cfg)(params, x, IDS)
+    low, _ = forward(cfg.replace(dtype="bfloat16"))(params, x, IDS)
+    assert low.dtype == jnp.float32 and np.isfinite(np.asarray(low)).all()
+    assert np.abs(np.asarray(low) - np.asarray(ref)).max() < 0.1 * np.abs(np.asarray(ref)).max()
+    assert np.asarray(low).argmax(-1).tolist() == np.asarray(ref).argmax(-1).tolist()
+
+
 def test_gradients_reach_the_gates_and_never_the_vision_encoder():
     """At initialisation only the gates' gradients are non-zero inside the blocks (tanh(0) = 0
-    scales everything behind them); the frozen encoder gets exactly zero gradient."""
+    scales everything behind them); the frozen encoder gets exactly zero gradient. (With
+    rematerialisation on, as a large model would train.)"""
     tiny = get_config("tiny")  # shrunk further: a backward pass compiles slowly on CPU
     cfg = tiny.replace(vision=dataclasses.replace(tiny.vision, n_layers=1),
                        resampler=dataclasses.replace(tiny.resampler, n_layers=1),
-                       lm=dataclasses.replace(tiny.lm, n_layers=2), cross_attn_every=1)
+                       lm=dataclasses.replace(tiny.lm, n_layers=2), cross_attn_every=1, remat=True)
     params = nn.unbox(random_params(cfg))
     ids = jnp.array([[IMG, 5, 6, 7, EOC, IMG, 8, 9]], jnp.int32)
     x = images(cfg, 1, 2)
