@@ -15,10 +15,11 @@ Records that never carry page content (``warcinfo``, ``request``, ``metadata``, 
 are most of a crawl's records and nothing in them could become a document.
 
 FastWARC is the fast path. warcio reads what FastWARC cannot: ARC files, WARCs whose header lines
-end in a bare LF, and whatever follows the point where FastWARC stops in a damaged file (the reader
-re-reads the file from the last record FastWARC returned, so records after damage are recovered
-where the framing allows it). Per-record gzip offsets are those of the gzip member; for a
-whole-file gzip WARC they are offsets into the decompressed stream.
+end in a bare LF, and the rest of a file from the last record FastWARC returned (which gives that
+record's exact length and names the damage where FastWARC stops). After damage, a seekable file is
+read on from the next gzip member or header line that starts a record, so one bad stretch costs
+the records in it and not the rest of the file. Per-record gzip offsets are those of the gzip
+member; for a whole-file gzip WARC they are offsets into the decompressed stream.
 """
 from __future__ import annotations
 
@@ -53,7 +54,6 @@ WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 _HEAD_BYTES = 64 << 10  # first read of a block; enough for HTTP headers and format sniffing
 _WHOLE_READ_BYTES = 1 << 20  # smaller blocks are read at once; larger ones head first, rest if wanted
 _META_SCAN_BYTES = 1024  # WHATWG prescan window for <meta charset>
-_MAX_SEEN = 2_000_000  # revisit index entries kept per file (bounds memory on giant files)
 
 
 class InputError(ValueError):
@@ -882,8 +882,9 @@ class _FileReader:
         yield ImageRecord(url=url, provenance=prov, data=body, content_type=sniff_image(body) or mime)
 
     def _remember(self, raw: _Raw, url: str) -> None:
-        if len(self.seen_uris) >= _MAX_SEEN:
-            return
+        cap = self.limits.max_revisit_index
+        if cap is not None and len(self.seen_uris) >= cap:
+            return  # bounds memory on giant files; later revisits of unseen originals stay unresolved
         self.seen_uris.add(url)
         if raw.payload_digest:
             self.seen_digests.setdefault(raw.payload_digest.strip(), url)
