@@ -84,6 +84,9 @@ _STATS_SIDE = 128
 _DRAFT_SIDE = 64
 
 
+# Resize: box-reduce by int(factor / gap) before the bicubic pass (Pillow's thumbnail uses 2.0).
+_REDUCING_GAP = 1.5
+
 # EXIF orientation -> the transpose that makes the pixels upright (as ImageOps.exif_transpose).
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -435,10 +438,12 @@ def process_image(
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
                 # Grey and RGB pixels are resized as they are (one grey band costs a third of its
                 # RGB copy); palettes, alpha and other modes become RGB first. Antialiased bicubic:
-                # visually on par with Lanczos for downscaling, ~1.5x faster; reducing_gap lets
-                # huge images shrink by a cheap box reduce first.
+                # visually on par with Lanczos for downscaling, ~1.5x faster. From 3x down (PNG,
+                # GIF, WebP; JPEGs arrive DCT-scaled below 2x) a box reduce by 2 goes first: half
+                # the time for 3-4 dB less PSNR against Lanczos (33-52 dB on the shared photos,
+                # what Pillow's own gap of 2.0 gives from 4x), about what the q90 encode loses.
                 src = im if im.mode in ("L", "RGB") else _to_rgb(im)
-                rgb = _to_rgb(src.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0))
+                rgb = _to_rgb(src.resize(size, Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP))
             else:
                 rgb = _to_rgb(im)
             # EXIF orientation on the resized pixels (fewer to move); the stored image carries no EXIF.
