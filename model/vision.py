@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from model.configs import VisionConfig
 from model.layers import LayerNorm, Mlp, attention, dense, dtype_of, init
+
+
+# The normalisation CLIP (OpenAI and OpenCLIP ViT-L/14) was trained with, per RGB channel.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def normalize_images(pixels, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    """uint8 RGB pixels [..., H, W, 3] (0–255) -> float32 normalised as the encoder expects."""
+    x = np.asarray(pixels, np.float32) / 255.0
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 class ClipEncoderLayer(nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model.configs import VisionConfig
-from model.vision import ClipVisionTransformer, build_vision_encoder
+from model.vision import CLIP_MEAN, ClipVisionTransformer, build_vision_encoder, normalize_images
 from model.weights import load_vision
 
 torch = pytest.importorskip("torch")
@@ -119,3 +119,12 @@ def test_full_clip_model_checkpoint_loads(tmp_path, hf_clip):
 def test_unknown_encoder_kind_names_the_registered_ones():
     with pytest.raises(ValueError, match="no vision encoder 'nfnet'; registered: clip_vit"):
         build_vision_encoder(VisionConfig(kind="nfnet"))
+
+
+def test_normalize_images_uses_clip_statistics():
+    px = np.full((2, 1, 4, 4, 3), 255, np.uint8)
+    px[0] = np.round(np.asarray(CLIP_MEAN) * 255).astype(np.uint8)
+    x = normalize_images(px)
+    assert x.dtype == np.float32 and x.shape == px.shape
+    assert np.abs(x[0]).max() < 0.01  # the mean colour maps to ~0
+    assert np.all(x[1] > 1.9)
