@@ -409,3 +409,64 @@ def test_damaged_real_images_are_kept_or_rejected_never_crash():
         assert decode(got.data).mode == "RGB" and got.width <= 640 and got.height <= 640
 
     check()
+
+
+# --- the fast paths give the same answers as the plain ones ------------------------------------
+
+
+def test_phash_is_bit_identical_to_imagehash_on_real_photos():
+    from pipeline.images import _phash_hex
+
+    names = [
+        ("skimage_data_photos", "astronaut.png"),
+        ("skimage_data_photos", "camera.png"),
+        ("skimage_data_photos", "text.png"),
+        ("pdq_bridge_mods", "aaa-orig.jpg"),
+        ("imagededup_tests", "formats_images", "copyleft.tiff"),
+    ]
+    for parts in names:
+        rgb = decode(read(*parts)).convert("RGB")
+        for im in (rgb, rgb.reduce(3), rgb.resize((45, 37))):
+            assert _phash_hex(im) == str(imagehash.phash(im)), (parts, im.size)
+
+
+def test_palette_with_partial_alpha_is_composited_like_alpha_composite():
+    rgb = Image.fromarray(photo((160, 120))).quantize(32)
+    alpha = bytes(range(0, 256, 8))  # one alpha per palette entry, 0 .. 248
+    data = encode(rgb, "PNG", transparency=alpha)
+    src = decode(data)
+    assert src.mode == "P" and isinstance(src.info["transparency"], bytes)
+    white = Image.new("RGBA", src.size, (255, 255, 255, 255))
+    expect = np.asarray(Image.alpha_composite(white, src.convert("RGBA")).convert("RGB"), np.int16)
+    got = process_image(data, URL, ImageConfig(encode_format="keep", min_bytes=None))  # PNG: lossless
+    assert np.abs(np.asarray(decode(got.data), np.int16) - expect).max() <= 1
+
+
+def test_exif_rotated_large_jpeg_is_resized_then_turned_upright():
+    src = decode(read("pdq_bridge_mods", "aaa-orig.jpg"))  # 1600 x 1004
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90° clockwise to view
+    got = process_image(encode(src, "JPEG", quality=95, exif=exif.tobytes()), URL)
+    assert (got.width, got.height, got.original_width, got.original_height) == (402, 640, 1600, 1004)
+    expect = np.asarray(src.resize((640, 402), Image.Resampling.LANCZOS).transpose(Image.Transpose.ROTATE_270), np.int16)
+    assert np.abs(np.asarray(decode(got.data), np.int16) - expect).mean() < 4
+    assert imagehash.hex_to_hash(got.phash) - imagehash.phash(decode(got.data)) <= 2
+
+
+def test_invalid_orientation_counts_as_upright_and_keeps_the_jpeg_unchanged():
+    im = Image.fromarray(photo((320, 240)))
+    exif = Image.Exif()
+    exif[0x0112] = 0  # outside 1..8, as cameras sometimes write
+    data = encode(im, "JPEG", quality=92, exif=exif.tobytes())
+    got = process_image(data, URL)
+    assert (got.width, got.height) == (320, 240)
+    assert np.array_equal(np.asarray(decode(got.data)), np.asarray(decode(data)))  # not re-encoded
+
+
+def test_grey_image_resized_as_grey_is_stored_as_equal_rgb_channels():
+    got = process_image(read("skimage_data_photos", "cell.png"), URL)  # L, 550 x 660
+    assert (got.width, got.height) == (533, 640)
+    px = np.asarray(decode(got.data), np.int16)
+    ref = np.asarray(decode(read("skimage_data_photos", "cell.png")).resize((533, 640), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(px[..., 0] - px[..., 2]).max() <= 2  # grey stays grey through the RGB JPEG
+    assert np.abs(px[..., 1] - ref).mean() < 2
