@@ -368,11 +368,11 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             figures[-1][0].append(img)
         uncaptioned.append(img)
 
-    stack: list = [(root, 0)]
-    steps = 0
+    stack: list = [root]
+    steps = depth = 0
     while stack:
         entry = stack.pop()
-        if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article
+        if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article, -3 depth
             if entry >= 0:
                 if buf:
                     flush()
@@ -386,12 +386,14 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                             if not img.alt:
                                 img.alt = caption
                 cur = entry
+            elif entry == -3:
+                depth -= 1
             elif entry == -1:
                 link_depth -= 1
             else:
                 article_depth -= 1
             continue
-        node, depth = entry
+        node = entry
         tag = node.tag
         if tag == "-text":
             t = node.text_content
@@ -482,10 +484,12 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             article_depth += 1
             stack.append(-2)
         c = node.last_child
-        d = depth + 1
-        while c is not None:
-            stack.append((c, d))
-            c = c.prev
+        if c is not None:
+            depth += 1
+            stack.append(-3)
+            while c is not None:
+                stack.append(c)
+                c = c.prev
     if buf:
         flush()
     return _Walk(items, bparent, btag, bcls, depth_cut, images_dropped)
