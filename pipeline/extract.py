@@ -370,8 +370,12 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
 
     stack: list = [root]
     steps = depth = 0
+    # Locals for the hot loop (attribute and global lookups cost on every node).
+    push, pop, buf_append = stack.append, stack.pop, buf.append
+    skip_tags, inline_tags, boiler_tags, block_tags = _SKIP_TAGS, _INLINE_TAGS, _BOILER_TAGS, _BLOCK_TAGS
+    never_drop, landmark_tags, boiler_class, hidden_style = _NEVER_DROP_BY_CLASS, _LANDMARK_TAGS, _boiler_class, _HIDDEN_STYLE
     while stack:
-        entry = stack.pop()
+        entry = pop()
         if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article, -3 depth
             if entry >= 0:
                 if buf:
@@ -400,11 +404,11 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             # Whitespace between blocks (markup indentation) is most text nodes: with nothing
             # buffered it can only be leading whitespace, which flush() strips anyway.
             if t and (buf or not t.isspace()):
-                buf.append(t)
+                buf_append(t)
                 if link_depth:
                     buf_link += len(t)
             continue
-        if tag is None or tag[0] == "-" or tag in _SKIP_TAGS:
+        if tag is None or tag[0] == "-" or tag in skip_tags:
             continue
         steps += 1
         if deadline is not None and not steps & 255 and time.monotonic() > deadline:
@@ -414,7 +418,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             continue
         # Links and inline formatting are read without their attributes (an <a>'s href is the
         # costliest string on most pages): their hidden or boilerplate containers decide for them.
-        attrs = None if tag in _INLINE_TAGS else node.attributes
+        attrs = None if tag in inline_tags else node.attributes
         cls = ""
         drop = False
         if attrs:
@@ -422,22 +426,22 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 drop = True
             else:
                 style = attrs.get("style")
-                drop = bool(style) and ("none" in style or "idden" in style) and _HIDDEN_STYLE.search(style) is not None
+                drop = bool(style) and ("none" in style or "idden" in style) and hidden_style.search(style) is not None
             c, i = attrs.get("class"), attrs.get("id")
             if c or i:
                 cls = f"{c} {i}" if c and i else c or i  # as written; lower-cased where matched
         if boiler and not drop:
-            if tag in _BOILER_TAGS:
+            if tag in boiler_tags:
                 # An article's own <header> holds its title and lead image, not site chrome.
                 drop = not (tag == "header" and article_depth)
             else:
-                drop = bool(cls) and tag not in _NEVER_DROP_BY_CLASS and _boiler_class(cls)
+                drop = bool(cls) and tag not in never_drop and boiler_class(cls)
         if drop:
             # Landmarks are chrome whatever their size. A hidden or boilerplate-looking element
             # holding most of the page's text is the page (ASP.NET's page-wide <form>, a blog
             # engine's "widget blog", content revealed by script): walk into it. Either way the
             # subtree of a dropped element is never walked, which is most of the speed.
-            if tag in _LANDMARK_TAGS:
+            if tag in landmark_tags:
                 continue
             if page_chars < 0:
                 page_chars = len(root.text(deep=True))
@@ -447,7 +451,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             add_image(node, attrs)
             continue
         if tag == "br":
-            buf.append(_BR)
+            buf_append(_BR)
             continue
         if tag == "noscript":
             # Lazy loaders put the real <img> in <noscript>; use it only when the <img> before it had
@@ -455,10 +459,10 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             if not img_unresolved:
                 continue
             img_unresolved = False
-        if tag in _BLOCK_TAGS:
+        if tag in block_tags:
             if buf:
                 flush()
-            stack.append(cur)
+            push(cur)
             bparent.append(cur)
             btag.append(tag)
             bcls.append(cls)
@@ -479,16 +483,16 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                             img.alt = caption
         elif tag == "a":
             link_depth += 1
-            stack.append(-1)
+            push(-1)
         if tag == "article" or tag == "main":
             article_depth += 1
-            stack.append(-2)
+            push(-2)
         c = node.last_child
         if c is not None:
             depth += 1
-            stack.append(-3)
+            push(-3)
             while c is not None:
-                stack.append(c)
+                push(c)
                 c = c.prev
     if buf:
         flush()
