@@ -44,7 +44,8 @@ TARGETS = {"resize": 0.99, "jpeg": 0.99, "colour": 0.99, "border": 0.99, "crop":
 CONFIGS = [
     ("phash64", [], False),
     ("phash64", ["crops"], True),
-    ("phash256", ["crops"], True),
+    ("phash64", ["crops", "trim"], True),
+    ("phash256", ["crops", "trim"], True),
 ]
 EVAL_SET_SIZES = [5_000, 40_000, 100_000]  # COCO Karpathy test, COCO val2014, a large mix
 # Installer screenshots and documentation figures: near copies of one another, so they serve as
@@ -246,7 +247,7 @@ def negative_images(sources: list[tuple[str, Image.Image]], n: int, seed: int = 
         lambda im: im.transpose(Image.Transpose.TRANSPOSE),
         lambda im: im.transpose(Image.Transpose.TRANSVERSE),
     ]
-    out = [img for _, img in sources]
+    out = [img for _, img in sources if min(img.size) >= 64 and max(img.size) <= 3 * min(img.size)]
     boxes: dict[int, list[tuple[float, float, float, float]]] = {i: [] for i in range(len(sources))}
     tries = 0
     while len(out) < n and tries < n * 50:
@@ -260,8 +261,11 @@ def negative_images(sources: list[tuple[str, Image.Image]], n: int, seed: int = 
             continue
         w, h = img.size
         crop = img.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
-        if min(crop.size) < 32 or np.asarray(crop.convert("L"), dtype=np.float32).std() < 8:
-            continue  # the image stage drops near single-colour images
+        cw, ch = crop.size
+        if min(cw, ch) < 64 or max(cw, ch) > 3 * min(cw, ch):
+            continue  # the image stage drops these (images.min_side, images.max_aspect_ratio)
+        if np.asarray(crop.convert("L"), dtype=np.float32).std() < 8:
+            continue  # nor does it keep near single-colour images
         boxes[i].append(box)
         for o in rng.sample(orientations, 8):
             out.append(o(crop))
@@ -298,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negatives", type=int, default=10_000)
     ap.add_argument("--draws", type=int, default=8, help="random draws of each edit per original")
     ap.add_argument("--out", default=None, help="write all figures as JSON here")
+    ap.add_argument("--configs", default=None, help="comma-separated indexes into CONFIGS (default: all)")
     args = ap.parse_args(argv)
     t0 = time.time()
     evals, neg_sources = originals_and_negative_sources()
@@ -313,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
           f"from {len(neg_sources)} photos ({time.time() - t0:.0f}s to prepare)")
     eval_row = {eid: i for i, (eid, _) in enumerate(evals)}
     results = {}
-    for feature, variants, trim in CONFIGS:
+    chosen = [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS
+    for feature, variants, trim in chosen:
         t1 = time.time()
         codes, rows = [], []
         for i, (_, img) in enumerate(evals):
@@ -333,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         pair_rate = np.cumsum(hist) / hist.sum()
         name = f"{feature} variants={'+'.join(variants) or 'none'} trim={'on' if trim else 'off'}"
         per_t = {}
-        for t in range(0, bits // 4 + 1):
+        for t in range(0, (bits * 3) // 8 + 1):
             rec = {}
             for kind in sorted({k for k, _, _ in queries}):
                 m = np.asarray([k == kind for k, _, _ in queries])
@@ -354,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
               f"image stage ({len(queries) - len(kept)} positives rejected there, counted as misses); "
               f"thresholds meeting every target: {ok or 'none'}")
         step = 1 if bits == 64 else 4
-        _table(per_t, sorted({k for k, _, _ in queries}), [t for t in per_t if t % step == 0 and t <= bits // 4])
+        shown = [t for t in per_t if t % step == 0 and t <= (bits // 4 if bits == 64 else 3 * bits // 8)]
+        _table(per_t, sorted({k for k, _, _ in queries}), shown)
         t_show = min(ok) if ok else best
         reals = {k: v for k, v in per_t[t_show]["recall"].items() if k.startswith("real:")}
         print(f"real near duplicates at t={t_show}: " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in sorted(reals.items())))
         print("per-pair false-match rate p(t) and the per-image FP rate it implies against larger evaluation sets:")
         print("| t | p(t) | " + " | ".join(f"FP vs {n:,} eval images" for n in EVAL_SET_SIZES) + " |")
         print("|---" * (len(EVAL_SET_SIZES) + 2) + "|")
-        for t in [t for t in per_t if t % step == 0 and t <= bits // 4]:
+        for t in shown:
             e = per_t[t]["fp_rate_for_eval_set_of"]
             print(f"| {t} | {per_t[t]['pair_fp_rate']:.2e} | " + " | ".join(f"{e[n]:.3%}" for n in EVAL_SET_SIZES) + " |")
     if args.out:

@@ -1,7 +1,8 @@
 """Evaluation-set index: perceptual hashes in FAISS binary indexes, optional dense embeddings.
 
     build-m3w eval-index --images DIR_OR_MANIFEST --name NAME --output INDEX [--append]
-        [--feature phash64] [--variants crops] [--embedder MODULE:FACTORY --embedder-weights PATH]
+        [--feature phash64] [--variants crops --variants trim] [--embedder thumbnail16 | MODULE:FACTORY
+        --embedder-weights PATH]
 
 One index file holds several evaluation sets; each entry keeps its image id and set name. The
 file is an ``.npz`` (no pickle): image ids and set names, and per feature a serialised FAISS index
@@ -393,12 +394,18 @@ def main(argv: list[str]) -> int:
         "--feature", action="append", default=None, help=f"binary feature(s) to index (default {DEFAULT_FEATURE}); "
         f"one of {', '.join(sorted(phash.FEATURES))}"
     )
-    ap.add_argument("--variants", action="append", default=None, help=f"index-side variants: {', '.join(sorted(phash.VARIANTS))}")
+    ap.add_argument(
+        "--variants",
+        action="append",
+        default=None,
+        help=f"index-side variants, repeatable: {', '.join(sorted(phash.VARIANTS))} "
+        f"(default {' '.join(phash.DEFAULT_VARIANTS)}, as calibrated; 'none' for the images alone)",
+    )
     ap.add_argument("--embedder", default=None, help="dense embedder: thumbnail16 or package.module:factory")
     ap.add_argument("--embedder-weights", default=None, help="local weights file passed to the embedder factory")
     args = ap.parse_args(argv)
     features = args.feature or [DEFAULT_FEATURE]
-    variants = [v for v in (args.variants or ["none"]) if v != "none"]
+    variants = [v for v in (args.variants or phash.DEFAULT_VARIANTS) if v != "none"]
     try:
         for f in features:
             phash.feature_bits(f)

@@ -44,7 +44,7 @@ def index_path(tmp_path_factory) -> str:
     for name in EVAL:  # an evaluation set on disk, as a user would have it
         Image.open(root / name).convert("RGB").save(folder / (name.rsplit(".", 1)[0] + ".png"))
     path = str(tmp_path_factory.mktemp("index") / "eval.npz")
-    assert main(["--images", str(folder), "--name", "skimage-eval", "--output", path, "--variants", "crops"]) == 0
+    assert main(["--images", str(folder), "--name", "skimage-eval", "--output", path, "--variants", "crops", "--variants", "trim"]) == 0
     return path
 
 
@@ -134,8 +134,8 @@ def test_index_holds_several_sets_and_round_trips(index_path, tmp_path):
         open(path, "wb").write(f.read())
     manifest = tmp_path / "ukbench.jsonl"
     manifest.write_text("\n".join(json.dumps({"id": p.stem, "path": str(p)}) for p in sorted(ukb.glob("*.jpg"))[:3]))
-    assert main(["--images", str(manifest), "--name", "ukbench", "--output", path, "--append", "--variants", "crops"]) == 0
-    assert main(["--images", str(manifest), "--name", "ukbench", "--output", path, "--append", "--variants", "crops"]) == 2
+    assert main(["--images", str(manifest), "--name", "ukbench", "--output", path, "--append", "--variants", "crops", "--variants", "trim"]) == 0
+    assert main(["--images", str(manifest), "--name", "ukbench", "--output", path, "--append", "--variants", "crops", "--variants", "trim"]) == 2
     index = EvalIndex.load(path)
     assert index.set_sizes() == {"skimage-eval": 4, "ukbench": 3}
     first = sorted(ukb.glob("*.jpg"))[0]
