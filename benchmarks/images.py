@@ -1,18 +1,28 @@
-"""Throughput of process_image (decode + filter + resize + re-encode + hashes) on the real photos.
+"""CPU cost of process_image (decode + filter + resize + re-encode + hashes) on the real photos.
 
 Anchor, in the same process on the same bytes: a bare Pillow loop that opens and fully decodes
-each image (``Image.open(...).load()``), nothing else. Single thread = one core.
+each image (``Image.open(...).load()``), nothing else. Optionally a second version of
+pipeline/images.py (``--baseline FILE``, e.g. an older commit) runs beside the current one.
 
-    .venv/bin/python -m benchmarks.images [--seconds 3]
+    .venv/bin/python -m benchmarks.images [--rounds 15] [--baseline /tmp/images_before.py]
+    # before/after: git show <commit>:pipeline/images.py > /tmp/images_before.py
 
-Prints images/s for both and the ratio, for the whole photo set and for its JPEGs alone.
+The machine may be shared, so wall time says little: every call is timed in CPU time of this
+single-threaded process (``time.process_time_ns``), the variants run interleaved image by image,
+and each image's cost is the median over the rounds. A group's rate is its image count over the
+sum of those medians = images per CPU second = images/s/core. The load average is printed
+before and after. Also printed: how far the stored pHash is from ``imagehash.phash`` of the
+stored image (the decontamination index is built with the latter).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
+import os
+import statistics
+import sys
 import time
-from pathlib import Path
 
 from PIL import Image
 
@@ -31,6 +41,7 @@ PHOTO_DIRS = [
 
 
 def load_photos() -> list[tuple[str, bytes]]:
+    """(file name, bytes) of every decodable image in the shared photo folders."""
     out = []
     for d in PHOTO_DIRS:
         for p in sorted((SHARED_DATA / d).glob("*")):
@@ -44,50 +55,104 @@ def load_photos() -> list[tuple[str, bytes]]:
     return out
 
 
-def rate(fn, items, seconds: float) -> tuple[float, float]:
-    """(images per CPU second of this process, images per wall second). Single thread, so the
-    first is images/s/core even when other processes share the machine."""
-    n, c0, t0 = 0, time.process_time(), time.perf_counter()
-    while time.process_time() - c0 < seconds:
-        for item in items:
-            fn(item)
-        n += len(items)
-    return n / (time.process_time() - c0), n / (time.perf_counter() - t0)
+def group_of(data: bytes, target: int | None) -> str:
+    """Subset label: sniffed format and whether the image is resized."""
+    im = Image.open(io.BytesIO(data))
+    fmt = {"JPEG": "JPEG", "PNG": "PNG"}.get(im.format, "GIF/TIFF/WebP")
+    big = target is not None and max(im.size) > target
+    return f"{fmt} {'>' if big else '<='} {target} px"
+
+
+def _load_module(path: str):
+    spec = importlib.util.spec_from_file_location("images_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=15, help="timed calls per image and variant (median kept)")
+    ap.add_argument("--baseline", help="another pipeline/images.py to time beside the current one")
     args = ap.parse_args(argv)
     photos = load_photos()
     if not photos:
         raise SystemExit(f"no photos under {SHARED_DATA}/images; place shared/ beside the repo")
     cfg = ImageConfig(min_bytes=None, url_keywords=None)  # measure the work, not the early exits
 
-    def bare(item):
-        Image.open(io.BytesIO(item[1])).load()
+    def bare(data):
+        Image.open(io.BytesIO(data)).load()
 
-    def full(item):
-        try:
-            process_image(item[1], "http://bench.example/x", cfg)
-        except ImageRejected:
-            pass
+    def caller(fn, rejected):
+        def run(data):
+            try:
+                fn(data, "http://bench.example/x", cfg)
+            except rejected:
+                pass
 
-    def longest(data):
-        return max(Image.open(io.BytesIO(data)).size)
+        return run
 
-    web = [p for p in photos if longest(p[1]) <= 640]
-    jpegs = [p for p in web if p[1][:3] == b"\xff\xd8\xff"]
-    big = [p for p in photos if longest(p[1]) > 640]
+    variants = {"bare Pillow decode": bare}
+    if args.baseline:
+        base = _load_module(args.baseline)
+        variants["baseline process_image"] = caller(base.process_image, base.ImageRejected)
+    variants["process_image"] = caller(process_image, ImageRejected)
+
+    load_before = os.getloadavg()
+    for fn in variants.values():  # warm imports and caches
+        fn(photos[0][1])
+    clock = time.process_time_ns
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    med: dict[str, list[float]] = {k: [] for k in variants}
+    for _, data in photos:
+        samples = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for k, fn in variants.items():
+                t = clock()
+                fn(data)
+                samples[k].append(clock() - t)
+        for k in variants:
+            med[k].append(statistics.median(samples[k]) / 1e6)  # ms
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    load_after = os.getloadavg()
+
+    groups: dict[str, list[int]] = {"all photos": list(range(len(photos)))}
+    for i, (_, data) in enumerate(photos):
+        groups.setdefault(group_of(data, cfg.resize_longest_side), []).append(i)
+
     print(f"{len(photos)} photos, {sum(len(d) for _, d in photos) / 1e6:.1f} MB; resize_longest_side="
-          f"{cfg.resize_longest_side}, encode={cfg.encode_format} q{cfg.encode_quality}; rates per CPU second (= per core)")
-    groups = [("all photos", photos), ("<= 640 px", web), ("<= 640 px JPEG", jpegs), ("> 640 px", big)]
-    full(photos[0])  # warm imports
-    for name, items in groups:
-        (a, aw) = rate(bare, items, args.seconds)
-        (b, bw) = rate(full, items, args.seconds)
-        print(f"{name:>15} ({len(items):2d}): bare Pillow decode {a:7.1f} img/s | process_image {b:7.1f} img/s "
-              f"| ratio {b / a:.2f} | wall {aw:.1f} / {bw:.1f} img/s")
+          f"{cfg.resize_longest_side}, encode={cfg.encode_format} q{cfg.encode_quality}")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before / {load_after[0]:.1f} after; "
+          f"this run {cpu:.1f} s CPU in {wall:.1f} s wall ({cpu / wall:.0%} of one core)")
+    print("rates in images per CPU second (= images/s/core) from per-image median CPU time over "
+          f"{args.rounds} interleaved rounds; ms = mean CPU ms per image")
+    names = list(variants)
+    header = "| subset | n | " + " | ".join(f"{k} img/s (ms)" for k in names) + " | ratio to bare |"
+    print(header)
+    print("|" + " --- |" * 2 + " ---: |" * (len(names) + 1))
+    for g in ["all photos"] + sorted(k for k in groups if k != "all photos"):
+        idx = groups[g]
+        cells, rates = [], {}
+        for k in names:
+            total = sum(med[k][i] for i in idx)
+            rates[k] = len(idx) / total * 1e3
+            cells.append(f"{rates[k]:.0f} ({total / len(idx):.2f})")
+        ratio = " / ".join(f"{rates[k] / rates[names[0]]:.2f}" for k in names[1:])
+        print(f"| {g} | {len(idx)} | " + " | ".join(cells) + f" | {ratio} |")
+
+    import imagehash
+
+    dists = []
+    for _, data in photos:
+        try:
+            p = process_image(data, "http://bench.example/x", cfg)
+        except ImageRejected:
+            continue
+        stored = Image.open(io.BytesIO(p.data))
+        dists.append(imagehash.hex_to_hash(p.phash) - imagehash.phash(stored))
+    print(f"stored pHash vs imagehash.phash(stored image): max {max(dists)} bits, mean {statistics.mean(float(d) for d in dists):.2f} "
+          f"over {len(dists)} images")
 
 
 if __name__ == "__main__":
