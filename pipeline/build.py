@@ -73,6 +73,20 @@ class _FinalizeFn(beam.DoFn):
         yield doc
 
 
+class _DropImagelessFn(beam.DoFn):
+    """A document with no image node can never meet ``doc_min_images`` ≥ 1: drop it before the joins."""
+
+    def __init__(self) -> None:
+        self.dropped = Metrics.counter("m3w", "finalize.dropped_doc_min_images")
+
+    def process(self, doc: Document) -> Iterator[Any]:
+        if any(isinstance(n, ImageNode) for n in doc.nodes):
+            yield doc
+            return
+        self.dropped.inc()
+        yield beam.pvalue.TaggedOutput("rejects", Reject.of("finalize", "doc_min_images", doc.provenance, doc.url, "images=0"))
+
+
 def reject_to_json(rate: float) -> Any:
     """Reject → its JSON line, keeping a deterministic ``rate`` sample (counters count them all)."""
     from pipeline.shards import stable_hash
@@ -114,6 +128,10 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     filtered = extracted.documents | "FilterText" >> FilterText(cfg)
     rejects.append(filtered.rejects)
     docs = filtered.documents
+    if (cfg.text_filters.doc_min_images or 0) >= 1:
+        imageless = docs | "DropImagelessDocuments" >> beam.ParDo(_DropImagelessFn()).with_outputs("rejects", main="documents")
+        rejects.append(imageless.rejects)
+        docs = imageless.documents
 
     selected = (docs, read.images) | "SelectReferencedImages" >> SelectReferencedImages()
     records = selected.records

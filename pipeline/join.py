@@ -106,22 +106,35 @@ class _AttachFn(beam.DoFn):
 
 
 class AttachImages(beam.PTransform):
-    """(PCollection[Document], PCollection[ResolvedImage]) → PCollection[Document] with images resolved."""
+    """(PCollection[Document], PCollection[ResolvedImage]) → PCollection[Document] with images resolved.
+
+    Documents without image nodes skip the join (no shuffle of their text)."""
 
     def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
         docs, images = pcolls
-        refs = docs | "ImageRefs" >> beam.FlatMap(image_refs)
+        split = docs | "SplitByImages" >> beam.Partition(lambda d, _: 0 if any(isinstance(n, ImageNode) for n in d.nodes) else 1, 2)
+        with_images, without_images = split[0], split[1]
+        refs = with_images | "ImageRefs" >> beam.FlatMap(image_refs)
         by_url = images | "KeyImagesByUrl" >> beam.Map(lambda img: (normalize_url(img.url), img))
         per_doc = (
             {"refs": refs, "image": by_url}
             | "GroupByImageUrl" >> beam.CoGroupByKey()
             | "FanOutToDocs" >> beam.FlatMap(_fan_out)
         )
-        return (
-            {"doc": docs | "KeyDocsById" >> beam.Map(lambda d: (d.doc_id, d)), "images": per_doc}
+        attached = (
+            {"doc": with_images | "KeyDocsById" >> beam.Map(lambda d: (d.doc_id, d)), "images": per_doc}
             | "GroupByDocument" >> beam.CoGroupByKey()
             | "Attach" >> beam.ParDo(_AttachFn())
         )
+        return (attached, without_images | "CountTextOnly" >> beam.Map(_count_text_only)) | "AllDocuments" >> beam.Flatten()
+
+
+_TEXT_ONLY = Metrics.counter("m3w", "join.documents")
+
+
+def _count_text_only(doc: Document) -> Document:
+    _TEXT_ONLY.inc()
+    return doc
 
 
 def _fan_out(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[str, tuple[str, Any]]]:
