@@ -260,10 +260,12 @@ def _boiler_class(cls: str) -> bool:
     hit = _cls_cache.get(cls)
     if hit is None:
         low = cls.lower()
-        # BEM modifiers and state classes ("fig--has-shares", "has-comments") describe the element,
-        # they do not name a boilerplate block.
-        names = [c for c in low.split() if "--" not in c and not c.startswith(_STATE_PREFIXES)]
-        hit = any(_BOILER_CLASS.search(c) for c in names) and _CONTENT_CLASS.search(low) is None
+        hit = False
+        if _BOILER_CLASS.search(low) is not None and _CONTENT_CLASS.search(low) is None:
+            # BEM modifiers and state classes ("fig--has-shares", "has-comments") describe the
+            # element, they do not name a boilerplate block.
+            names = [c for c in low.split() if "--" not in c and not c.startswith(_STATE_PREFIXES)]
+            hit = any(_BOILER_CLASS.search(c) for c in names)
         if len(_cls_cache) > 100_000:
             _cls_cache.clear()
         _cls_cache[cls] = hit
@@ -697,11 +699,14 @@ def extract_nodes(
         raise ExtractionError("html_too_large", f"{len(html)} characters")
     tree = LexborHTMLParser(html)
     title = None
-    t = tree.css_first("title")
+    head = tree.head or tree.root  # the parser moves <title> and <base> into <head>
+    t = head.css_first("title") if head is not None else None
+    if t is None:
+        t = tree.css_first("title")  # document.title: the first <title> anywhere
     if t is not None:
         title = " ".join(t.text(deep=True).split()) or None
     base = base_url
-    b = tree.css_first("base[href]")
+    b = head.css_first("base[href]") if head is not None else None
     if b is not None:
         href = (b.attributes.get("href") or "").strip()
         if href:
