@@ -212,8 +212,13 @@ def _palette_on_white(im: Image.Image) -> Image.Image | None:
     """A P image with transparency, composited on white in its palette (256 entries instead of
     every pixel), then expanded to RGB. None when the palette or transparency is not the plain kind."""
     trns = im.info.get("transparency")
-    pal = im.getpalette("RGB")
-    if pal is None or not isinstance(trns, (int, bytes)):
+    if not isinstance(trns, (int, bytes)):
+        return None
+    try:
+        pal = im.getpalette("RGB")
+    except ValueError:  # a palette Pillow cannot express as RGB: the per-pixel path handles it
+        return None
+    if not pal:
         return None
     rgb = np.asarray(pal, dtype=np.uint16).reshape(-1, 3)
     alpha = np.full(len(rgb), 255, dtype=np.uint16)
