@@ -577,15 +577,28 @@ def prefetch(it: Iterator[Any], size: int) -> Iterator[Any]:
     done = object()
     stop = threading.Event()
 
+    def put(x: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                pass  # consumer busy (or gone): check stop and retry
+        return False
+
     def work() -> None:
         try:
             for x in it:
-                if stop.is_set():
-                    return
-                q.put(x)
-            q.put(done)
+                if not put(x):
+                    break
+            else:
+                put(done)
         except BaseException as e:  # re-raised in the consumer so errors keep their traceback
-            q.put(e)
+            put(e)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # ends the loader's generator and its decode threads
 
     t = threading.Thread(target=work, daemon=True)
     t.start()

@@ -611,6 +611,8 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
         if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
             save_checkpoint(mgr, step + 1, state, {"step": step + 1, "data": dict(positions)})
+    for s in streams.values():
+        s.close()  # stops the prefetch threads
     mgr.wait_until_finished()
     mgr.close()
     if bar:

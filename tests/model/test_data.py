@@ -162,3 +162,13 @@ def test_bpe_trained_on_the_corpus_keeps_flamingo_tokens(corpus, tmp_path):
     text = " Gaming used to be so simple."
     assert back.decode(back.encode(text)) == text
     assert len(back.encode(text)) < len(text.encode()) / 1.5  # merges learned from our text
+
+
+def test_tokenizer_command_trains_a_bpe_on_the_shards(corpus, tmp_path, capsys):
+    from model.train import main
+
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "--shards", str(corpus["wds"]), str(corpus["parquet"]), "--vocab-size", "500", "--out", str(out)]) == 0
+    tok = load_tokenizer(out)
+    assert tok.vocab_size <= 500 and tok.decode(tok.encode(" simple game")) == " simple game"
+    assert "<image>" in capsys.readouterr().err
