@@ -77,6 +77,7 @@ _NEGATIVE_CLASS = re.compile(
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _WS = re.compile(r"\s+")
 
+_LEVEL_DIVISOR = (1, 2, 6, 9, 12)  # readability: parent, grandparent, then level × 3
 _TAG_SCORE = {
     "div": 5, "pre": 3, "td": 3, "blockquote": 3,
     "address": -3, "ol": -3, "ul": -3, "dl": -3, "dd": -3, "dt": -3, "li": -3, "form": -3,
@@ -505,11 +506,21 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
 # Main content
 
 
+_weight_cache: dict[str, int] = {}
+
+
 def _class_weight(cls: str) -> int:
+    """Readability's class weight: +25 for article-like names, -25 for boilerplate-like (memoised)."""
     if not cls:
         return 0
-    cls = cls.lower()
-    return (25 if _POSITIVE_CLASS.search(cls) else 0) - (25 if _NEGATIVE_CLASS.search(cls) else 0)
+    wt = _weight_cache.get(cls)
+    if wt is None:
+        low = cls.lower()
+        wt = (25 if _POSITIVE_CLASS.search(low) else 0) - (25 if _NEGATIVE_CLASS.search(low) else 0)
+        if len(_weight_cache) > 100_000:
+            _weight_cache.clear()
+        _weight_cache[cls] = wt
+    return wt
 
 
 def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[bool] | None:
@@ -539,7 +550,7 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
         while anc > 0 and level < 5:
             if anc not in score:
                 score[anc] = _TAG_SCORE.get(btag[anc], 0) + _class_weight(w.bcls[anc])
-            score[anc] += s / (1 if level == 0 else 2 if level == 1 else level * 3)
+            score[anc] += s / _LEVEL_DIVISOR[level]
             anc = bparent[anc]
             level += 1
     if not score:
