@@ -63,6 +63,13 @@ class LMConfig:
     mlp_dim: int = 5632  # gated MLP: ≈ 2.75 × d keeps the parameter count of a 4 × d GELU MLP
     max_len: int = 2048
     rope_theta: float = 10000.0
+    # RoPE frequency scaling of long-context checkpoints: "default" (none), "linear" or "llama3"
+    # (Llama 3.1+), with the Hugging Face parameters of the same names.
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     norm_eps: float = 1e-5
     act: str = "silu"  # gpt2 layout: "gelu_new"
     tie_embeddings: bool = False  # GPT-2 ties its output head to the token embeddings

@@ -150,18 +150,38 @@ def attention(q, k, v, mask, dtype=jnp.float32):
     return o.reshape(b, l, h, d)
 
 
-def rope(x, positions, theta: float):
-    """Rotary embedding, HF Llama convention (rotate halves). x: [B, L, H, D]; positions: [B, L]."""
+def rope_frequencies(d: int, theta: float, rope_type: str = "default", factor: float = 1.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0, original_max_len: int = 8192):
+    """Inverse frequencies [d / 2] of the rotary embedding, with HF's frequency scaling."""
+    inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    if rope_type == "default":
+        pass
+    elif rope_type == "linear":  # positions divided by factor
+        inv = inv / factor
+    elif rope_type == "llama3":  # long wavelengths slowed by factor, short kept, smooth in between
+        wavelen = 2 * math.pi / inv
+        low_wl, high_wl = original_max_len / low_freq_factor, original_max_len / high_freq_factor
+        scaled = np.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wl) & (wavelen <= low_wl)
+        inv = np.where(medium, smoothed, scaled)
+    else:
+        raise ValueError(f"RoPE scaling {rope_type!r} is not supported; use default, linear or llama3")
+    return jnp.asarray(inv, jnp.float32)
+
+
+def rope(x, positions, inv_freq):
+    """Rotary embedding, HF Llama convention (rotate halves). x: [B, L, H, D]; positions: [B, L];
+    inv_freq: [D / 2] from `rope_frequencies`."""
     d = x.shape[-1]
-    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # [D/2]
-    ang = positions.astype(jnp.float32)[..., None] * inv  # [B, L, D/2]
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
     ang = jnp.concatenate([ang, ang], -1)[:, :, None, :]  # [B, L, 1, D]
     cos, sin = jnp.cos(ang), jnp.sin(ang)
     xf = x.astype(jnp.float32)
     x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
     rot = jnp.concatenate([-x2, x1], -1)
     return (xf * cos + rot * sin).astype(x.dtype)
-
 
 UNIT_NORMAL = ("latents", "frame_embed")  # initialised like torch.randn in OpenFlamingo
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from model.configs import FlamingoConfig, LMConfig
-from model.layers import LayerNorm, Mlp, RMSNorm, attention, dense, dtype_of, init, rope
+from model.layers import LayerNorm, Mlp, RMSNorm, attention, dense, dtype_of, init, rope, rope_frequencies
 from model.xattn import GatedCrossAttentionDense
 
 
@@ -63,7 +63,9 @@ class DecoderLayer(nn.Module):
         k = dense((c.kv_heads, c.hd), ("embed", "kv_heads", "kv"), use_bias=c.attn_bias, name="k", **kw)(h)
         v = dense((c.kv_heads, c.hd), ("embed", "kv_heads", "kv"), use_bias=c.attn_bias, name="v", **kw)(h)
         if llama:
-            q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+            inv = rope_frequencies(c.hd, c.rope_theta, c.rope_type, c.rope_factor, c.rope_low_freq_factor,
+                                   c.rope_high_freq_factor, c.rope_original_max_len)
+            q, k = rope(q, positions, inv), rope(k, positions, inv)
         new_kv = None
         if kv is not None:
             k = jax.lax.dynamic_update_slice_in_dim(kv["k"], k.astype(kv["k"].dtype), index, axis=1)

@@ -91,18 +91,22 @@ def lm_config_from_hf(hf: dict) -> LMConfig:
             tie_embeddings=hf.get("tie_word_embeddings", True), attn_bias=True, mlp_bias=True,
         )
     if kind in ("llama", "mistral"):
-        rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-        if rope_type != "default":
-            raise ValueError(f"RoPE scaling {rope_type!r} is not supported; only the default rotary embedding")
+        # transformers 5 keeps RoPE settings in "rope_parameters"; 4.x in "rope_scaling" + "rope_theta".
+        rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+        rope_type = rope.get("rope_type") or rope.get("type") or "default"
+        if rope_type not in ("default", "linear", "llama3"):
+            raise ValueError(f"RoPE scaling {rope_type!r} is not supported; use default, linear or llama3")
         return LMConfig(
             layout="llama", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
             n_heads=hf["num_attention_heads"],
             n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
             head_dim=hf.get("head_dim"), mlp_dim=hf["intermediate_size"],
             max_len=hf.get("max_position_embeddings", 2048),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            rope_theta=float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
+            rope_type=rope_type, rope_factor=float(rope.get("factor", 1.0)),
+            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+            rope_original_max_len=int(rope.get("original_max_position_embeddings", 8192)),
             norm_eps=hf.get("rms_norm_eps", 1e-6), act=hf.get("hidden_act", "silu"),
             tie_embeddings=hf.get("tie_word_embeddings", False), attn_bias=hf.get("attention_bias", False),
             mlp_bias=hf.get("mlp_bias", False),

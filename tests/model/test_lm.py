@@ -30,9 +30,14 @@ def hf_model(layout: str):
         cfg = tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                             bos_token_id=0, eos_token_id=0)
         return tf.GPT2LMHeadModel(cfg).eval()
+    # "llama3": Llama 3.1-style RoPE scaling; with head dim 8 and these settings the four
+    # frequencies fall in all three bands (kept, smoothed, slowed by `factor`).
+    scaling = dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 32, "rope_theta": 500.0}) if layout == "llama3" else {}
     cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
-                         rope_theta=500.0, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+                         rope_theta=500.0, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                         **scaling)
     model = tf.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random norms, so a wrong norm-weight mapping cannot hide behind ones
         for name, p in model.named_parameters():
@@ -41,7 +46,7 @@ def hf_model(layout: str):
     return model
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "llama3"])
 def checkpoint(request, tmp_path_factory):
     layout = request.param
     model = hf_model(layout)
@@ -53,7 +58,8 @@ def checkpoint(request, tmp_path_factory):
 def test_config_read_from_checkpoint(checkpoint):
     layout, model, path = checkpoint
     cfg, params = load_lm(path)
-    assert cfg.layout == layout
+    assert cfg.layout == layout.rstrip("3")
+    assert cfg.rope_type == ("llama3" if layout == "llama3" else "default")
     assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads) == (VOCAB, 32, 2, 4)
     assert cfg.kv_heads == (4 if layout == "gpt2" else 2)  # grouped-query attention read from config.json
     assert cfg.tie_embeddings == (layout == "gpt2")
@@ -63,12 +69,12 @@ def test_config_read_from_checkpoint(checkpoint):
 def test_logits_match_transformers(checkpoint):
     layout, model, path = checkpoint
     cfg, params = load_lm(path)
-    ids = np.random.default_rng(0).integers(0, VOCAB, (2, 13))
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, 40))  # past llama3's original context of 32
     with torch.no_grad():
         ref = model(torch.tensor(ids)).logits.numpy()
     logits, cache = lm_apply(cfg)({"params": params}, jnp.asarray(ids, jnp.int32))
     assert cache is None
-    assert logits.shape == (2, 13, VOCAB)
+    assert logits.shape == (2, 40, VOCAB)
     assert np.abs(np.asarray(logits) - ref).max() <= 1e-4
 
 
