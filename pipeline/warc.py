@@ -47,6 +47,7 @@ Item = Union[Page, ImageRecord, Reject]
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Types under which servers send bytes of any kind; image or HTML bytes behind them are sniffed.
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "application/unknown", "unknown/unknown"})
+_NO_HEADERS: dict[str, str] = {}
 _CONTENT_RECORDS = frozenset({"response", "resource", "revisit"})
 _KNOWN_TYPES = frozenset({"warcinfo", "request", "metadata", "conversion", "continuation", "unknown"})
 WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
@@ -789,7 +790,6 @@ class _FileReader:
             return
         block = raw.block or b""
         status = 200
-        charset = ""
         is_http = raw.rtype == "response" and block.startswith(b"HTTP/")
         if is_http:
             try:
@@ -798,7 +798,6 @@ class _FileReader:
                 yield self._reject("bad_http_headers", prov, url, str(e))
                 return
             ctype = headers.get("content-type", "")
-            body = block[body_at:]
         elif raw.rtype == "response" and url.lower().startswith(("http:", "https:")) and "application/http" in raw.warc_content_type.lower():
             yield self._reject("bad_http_headers", prov, url, f"block starts {block[:40]!r}")
             return
@@ -807,21 +806,25 @@ class _FileReader:
             yield self._reject("not_html_or_image", prov, url, url.split(":", 1)[0] + " record")
             return
         else:  # resource records, and ARC/old responses without HTTP headers
-            headers = {}
+            headers = _NO_HEADERS
             ctype = raw.warc_content_type
-            body = block
+            body_at = 0
         self._remember(raw, url)
         mime, _, params = ctype.partition(";")
         mime = mime.strip().lower()
         if status != 200:
             yield self._reject("http_status", prov, url, f"{status} {mime}".strip())
             return
-        m = _CHARSET_PARAM.search(params)
-        charset = m.group(1) if m else ""
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        encoding = headers.get("content-encoding", "").strip()
-        if encoding.lower() in ("identity", "none"):
-            encoding = ""
+        if headers:
+            chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+            encoding = headers.get("content-encoding", "").strip()
+            if encoding.lower() in ("identity", "none"):
+                encoding = ""
+        else:
+            chunked, encoding = False, ""
+        # The body stays a view into the block: a copy of every body would cost about as much
+        # as FastWARC's whole read. Decoding steps below return new bytes.
+        body = memoryview(block)[body_at:] if body_at else block
         # Decide the kind from the type before undoing any encoding, so nothing else is decoded.
         if mime in HTML_TYPES:
             kind = "html"
@@ -829,7 +832,7 @@ class _FileReader:
             kind = "image"
         elif mime in _GENERIC_TYPES:
             kind = "sniff"
-        elif not chunked and not encoding and sniff_image(body):
+        elif not chunked and not encoding and sniff_image(block[body_at : body_at + 32]):
             kind = "image"  # image bytes behind a wrong type (text/plain, application/x-...)
         else:
             yield self._reject("not_html_or_image", prov, url, mime or "no content type")
@@ -837,7 +840,7 @@ class _FileReader:
         limit = {"html": self.limits.max_html_bytes, "image": self.limits.max_image_bytes}.get(kind, self.limits.max_record_bytes)
         if chunked:
             try:
-                body = decode_chunked(body, self.limits.max_record_bytes)
+                body = decode_chunked(bytes(body), self.limits.max_record_bytes)
             except NotChunked:
                 self.stats["chunked_header_on_plain_body"] += 1
             except ChunkedError as e:
@@ -848,7 +851,7 @@ class _FileReader:
                 return
         if encoding:
             try:
-                body = decode_content(body, encoding, limit)
+                body = decode_content(bytes(body), encoding, limit)
             except OverflowError:
                 reason = {"html": "html_too_large", "image": "image_too_large"}.get(kind, "record_too_large")
                 yield self._reject(reason, prov, url, f"decoded body over {limit} bytes")
@@ -857,7 +860,8 @@ class _FileReader:
                 yield self._reject("bad_content_encoding", prov, url, str(e))
                 return
         if kind == "sniff":
-            kind = "image" if sniff_image(body) else ("html" if sniff_html(body) else "")
+            head = bytes(body[:1024])
+            kind = "image" if sniff_image(head) else ("html" if sniff_html(head) else "")
             if not kind:
                 yield self._reject("not_html_or_image", prov, url, mime or "no content type")
                 return
@@ -865,9 +869,10 @@ class _FileReader:
             if self.limits.max_html_bytes is not None and len(body) > self.limits.max_html_bytes:
                 yield self._reject("html_too_large", prov, url, f"{len(body)} bytes")
                 return
-            text, source = decode_html(body, charset)
+            m = _CHARSET_PARAM.search(params) if params else None
             self.stats["html_pages"] += 1
-            yield Page(url=url, provenance=prov, html=text, charset=source)
+            # Charset resolution and decoding happen on first use of Page.html (decode_html).
+            yield Page.from_body(url, prov, body, m.group(1) if m else "")
             return
         if self.limits.max_image_bytes is not None and len(body) > self.limits.max_image_bytes:
             yield self._reject("image_too_large", prov, url, f"{len(body)} bytes")
@@ -879,7 +884,8 @@ class _FileReader:
             yield self._reject("empty_image", prov, url)
             return
         self.stats["images"] += 1
-        yield ImageRecord(url=url, provenance=prov, data=body, content_type=sniff_image(body) or mime)
+        data = bytes(body)  # images travel on as bytes (hashing, decoding, shuffles)
+        yield ImageRecord(url=url, provenance=prov, data=data, content_type=sniff_image(data) or mime)
 
     def _remember(self, raw: _Raw, url: str) -> None:
         cap = self.limits.max_revisit_index
