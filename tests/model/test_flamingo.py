@@ -152,6 +152,21 @@ def test_changing_image_k_changes_only_what_the_masking_allows(only_immediate):
     assert np.all(dl[pos[k]:] > 1e-6)
 
 
+def test_video_frames_are_ordered_and_media_kept_apart():
+    """encode_media on clips [B, M, T, ...]: reversing one clip's frames changes that clip's
+    visual tokens only (temporal embeddings), never another sample's or media's."""
+    cfg = get_config("tiny")
+    params = nn.unbox(random_params(cfg, std=0.1))
+    m = Flamingo(cfg)
+    enc = jax.jit(lambda p, x: m.apply({"params": p}, x, method=Flamingo.encode_media), compiler_options=FAST)
+    x = images(cfg, 2, 2, t=3)
+    a = np.asarray(enc(params, x))
+    assert a.shape == (2, 2, cfg.resampler.n_latents, cfg.resampler.d_model)
+    b = np.asarray(enc(params, x.at[1, 0].set(x[1, 0, ::-1])))
+    assert np.abs(a[1, 0] - b[1, 0]).max() > 1e-3
+    np.testing.assert_allclose(np.delete(a.reshape(4, -1), 2, 0), np.delete(b.reshape(4, -1), 2, 0), atol=1e-6)
+
+
 def test_bfloat16_activations_keep_fp32_params_and_logits():
     cfg = get_config("tiny")
     params = set_leaves(random_params(cfg, std=0.1), attn_gate=1.0, ffw_gate=1.0)
