@@ -74,8 +74,7 @@ def cache_for(config: FlamingoConfig, batch: int, max_len: int) -> dict:
     return init_cache(config.lm, batch, max_len, config.dtype)
 
 
-TRAINABLE_PREFIXES = ("resampler",)
-TRAINABLE_NAMES = ("new_token_embed", "new_token_head")
+TRAINABLE_NAMES = ("new_token_embed", "new_token_head")  # the special tokens' rows inside lm/
 
 
 def is_trainable(path: tuple[str, ...], train_lm: bool = False, train_vision: bool = False) -> bool:

@@ -130,7 +130,8 @@ def _gpt2_params(cfg: LMConfig, t: dict) -> dict:
                  "mlp": {"fc1": {"kernel": g("mlp.c_fc.weight"), "bias": g("mlp.c_fc.bias")},
                          "fc2": {"kernel": g("mlp.c_proj.weight"), "bias": g("mlp.c_proj.bias")}}}
         for j, n in enumerate("qkv"):
-            layer[n] = {"kernel": w[:, j * d:(j + 1) * d].reshape(d, h, hd), "bias": b[j * d:(j + 1) * d].reshape(h, hd)}
+            cols = slice(j * d, (j + 1) * d)
+            layer[n] = {"kernel": w[:, cols].reshape(d, h, hd), "bias": b[cols].reshape(h, hd)}
         p[f"layers_{i}"] = layer
     return p
 
@@ -204,7 +205,8 @@ def _hf_clip_params(cfg: VisionConfig, t: dict) -> dict:
         g = lambda n: t[f"encoder.layers.{i}.{n}"]
         layer = {"ln_1": {"scale": g("layer_norm1.weight"), "bias": g("layer_norm1.bias")},
                  "ln_2": {"scale": g("layer_norm2.weight"), "bias": g("layer_norm2.bias")},
-                 "o": {"kernel": g("self_attn.out_proj.weight").T.reshape(h, hd, d), "bias": g("self_attn.out_proj.bias")},
+                 "o": {"kernel": g("self_attn.out_proj.weight").T.reshape(h, hd, d),
+                       "bias": g("self_attn.out_proj.bias")},
                  "mlp": {"fc1": {"kernel": g("mlp.fc1.weight").T, "bias": g("mlp.fc1.bias")},
                          "fc2": {"kernel": g("mlp.fc2.weight").T, "bias": g("mlp.fc2.bias")}}}
         for n in "qkv":

@@ -32,8 +32,9 @@ def hf_model(layout: str):
         return tf.GPT2LMHeadModel(cfg).eval()
     # "llama3": Llama 3.1-style RoPE scaling; with head dim 8 and these settings the four
     # frequencies fall in all three bands (kept, smoothed, slowed by `factor`).
-    scaling = dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                 "original_max_position_embeddings": 32, "rope_theta": 500.0}) if layout == "llama3" else {}
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 32, "rope_theta": 500.0}
+    scaling = {"rope_scaling": llama3} if layout == "llama3" else {}
     cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
                          rope_theta=500.0, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, pad_token_id=0,
