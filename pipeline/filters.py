@@ -197,19 +197,20 @@ def alpha_words_ratio(text: str, ws: list[str] | None = None) -> float:
 # ~2^32 distinct windows, far beyond any document.
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
 _BASE_INV = np.uint64(pow(int(_BASE), -1, 2**64))
-# (B^i, B^-i) for i < len; replaced as one tuple so concurrent readers never see a mismatched pair.
-_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+# Per base: (B^i, B^-i) for i < len; each entry is replaced as one tuple, so concurrent readers
+# never see a mismatched pair.
+_POWER_TABLES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _powers(m: int) -> tuple[np.ndarray, np.ndarray]:
-    global _POWERS
-    pw, pinv = _POWERS
+def _powers(m: int, base: np.uint64 = _BASE) -> tuple[np.ndarray, np.ndarray]:
+    pw, pinv = _POWER_TABLES.get(int(base), (np.ones(0, dtype=np.uint64),) * 2)
     if len(pw) < m:
+        inv = np.uint64(pow(int(base), -1, 2**64))
         size = max(m, 2 * len(pw), 4096)
         with np.errstate(over="ignore"):
-            pw = np.cumprod(np.full(size, _BASE, dtype=np.uint64)) * _BASE_INV
-            pinv = np.cumprod(np.full(size, _BASE_INV, dtype=np.uint64)) * _BASE
-        _POWERS = (pw, pinv)
+            pw = np.cumprod(np.full(size, base, dtype=np.uint64)) * inv
+            pinv = np.cumprod(np.full(size, inv, dtype=np.uint64)) * base
+        _POWER_TABLES[int(base)] = (pw, pinv)
     return pw[:m], pinv[:m]
 
 
@@ -233,15 +234,44 @@ def _word_ids(ws: list[str]) -> np.ndarray:
     return np.fromiter(map(hash, ws), dtype=np.int64, count=len(ws)).view(np.uint64) | np.uint64(1)
 
 
+def _distinct_counts(hashes: np.ndarray, tags: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(group, count) per distinct (group, hash) pair, one sort; ``tags`` are group indices."""
+    if not len(hashes):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    bits = max(1, (n_groups - 1).bit_length())
+    keys = (hashes << np.uint64(bits)) | tags.astype(np.uint64)
+    keys.sort()
+    first = np.empty(len(keys), dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    at = np.flatnonzero(first)
+    counts = np.diff(at, append=len(keys))
+    return (keys[at] & np.uint64((1 << bits) - 1)).astype(np.int64), counts
+
+
 def _grouped_ngram_counts(hashes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Distinct n-grams per text: (text index, count) per distinct (text, n-gram), one sort."""
     if not hashes:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    bits = max(1, (len(hashes) - 1).bit_length())
     tags = np.repeat(np.arange(len(hashes), dtype=np.uint64), [len(h) for h in hashes])
-    keys = (np.concatenate(hashes) << np.uint64(bits)) | tags
-    uniq, counts = np.unique(keys, return_counts=True)
-    return (uniq & np.uint64((1 << bits) - 1)).astype(np.int64), counts
+    return _distinct_counts(np.concatenate(hashes), tags, len(hashes))
+
+
+def _top_sqrt_counts(tag: np.ndarray, counts: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group, occurrences of its top floor(sqrt(#distinct)) n-grams, never counting ones
+    seen once (OBELICS/BLOOM character repetition)."""
+    distinct = np.bincount(tag, minlength=n_groups)
+    repeated_mask = counts > 1
+    repeated = np.bincount(tag[repeated_mask], minlength=n_groups)
+    k = np.minimum(np.sqrt(distinct).astype(np.int64), repeated)
+    if not k.any():
+        return np.zeros(n_groups)
+    rt, rc = tag[repeated_mask], counts[repeated_mask]
+    order = np.lexsort((-rc, rt))
+    rt, rc = rt[order], rc[order]
+    rank = np.arange(len(rt)) - np.searchsorted(rt, rt)
+    sel = rank < k[rt]
+    return np.bincount(rt[sel], weights=rc[sel], minlength=n_groups)
 
 
 def char_ngram_repetitions(texts: list[str], n: int = 10) -> list[float]:
@@ -258,20 +288,7 @@ def char_ngram_repetitions(texts: list[str], n: int = 10) -> list[float]:
         hashes.append(all_h[start : start + m - n + 1])  # windows inside this text only
         start += m
     tag, counts = _grouped_ngram_counts(hashes)
-    k_texts = len(idx)
-    distinct = np.bincount(tag, minlength=k_texts)
-    repeated_mask = counts > 1
-    repeated = np.bincount(tag[repeated_mask], minlength=k_texts)
-    # OBELICS/BLOOM: the top floor(sqrt(#distinct)) n-grams, but never counting singletons.
-    k = np.minimum(np.sqrt(distinct).astype(np.int64), repeated)
-    if not k.any():
-        return out
-    rt, rc = tag[repeated_mask], counts[repeated_mask]
-    order = np.lexsort((-rc, rt))
-    rt, rc = rt[order], rc[order]
-    rank = np.arange(len(rt)) - np.searchsorted(rt, rt)
-    sel = rank < k[rt]
-    top = np.bincount(rt[sel], weights=rc[sel], minlength=k_texts)
+    top = _top_sqrt_counts(tag, counts, len(idx))
     for j, i in enumerate(idx):
         out[i] = float(top[j] / (len(texts[i]) - n + 1))
     return out
@@ -308,11 +325,15 @@ def word_ngram_repetition(ws: list[str], n: int = 5) -> float:
     return word_ngram_repetitions([ws], n)[0]
 
 
-def _ngram_char_lengths(ws: list[str], n: int) -> np.ndarray:
-    """Characters in each word n-gram joined by single spaces, shape (len(ws)-n+1,)."""
-    cum = np.zeros(len(ws) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, ws), dtype=np.int64, count=len(ws)), out=cum[1:])
+def _ngram_char_lengths(wlens: np.ndarray, n: int) -> np.ndarray:
+    """Characters in each word n-gram joined by single spaces, shape (len(wlens)-n+1,)."""
+    cum = np.zeros(len(wlens) + 1, dtype=np.int64)
+    np.cumsum(wlens, out=cum[1:])
     return cum[n:] - cum[:-n] + (n - 1)
+
+
+def _word_lengths(ws: list[str]) -> np.ndarray:
+    return np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
 
 
 def top_ngram_char_frac(ws: list[str], n: int, text_len: int, _ids: np.ndarray | None = None) -> float:
@@ -324,14 +345,26 @@ def top_ngram_char_frac(ws: list[str], n: int, text_len: int, _ids: np.ndarray |
     """
     if len(ws) < n or text_len <= 0:
         return 0.0
-    hashes = _window_hashes(_word_ids(ws) if _ids is None else _ids, n)
-    uniq, counts = np.unique(hashes, return_counts=True)
+    return _top_ngram_frac(_word_ids(ws) if _ids is None else _ids, _word_lengths(ws), n, text_len)
+
+
+def _top_ngram_frac(ids: np.ndarray, wlens: np.ndarray, n: int, text_len: int) -> float:
+    """``top_ngram_char_frac`` from word ids and word lengths."""
+    if len(ids) < n or text_len <= 0:
+        return 0.0
+    hashes = _window_hashes(ids, n)
+    srt = np.sort(hashes)
+    first = np.empty(len(srt), dtype=bool)
+    first[0] = True
+    np.not_equal(srt[1:], srt[:-1], out=first[1:])
+    at = np.flatnonzero(first)
+    counts = np.diff(at, append=len(srt))
     top = counts.max()
     if top < 2:
         return 0.0
-    best = uniq[counts == top]
-    at = int(np.flatnonzero(hashes == best[0] if len(best) == 1 else np.isin(hashes, best))[0])
-    length = int(_ngram_char_lengths(ws[at : at + n], n)[0])
+    best = srt[at[counts == top]]
+    pos = int(np.flatnonzero(hashes == best[0] if len(best) == 1 else np.isin(hashes, best))[0])
+    length = int(wlens[pos : pos + n].sum()) + n - 1
     return min(1.0, length * int(top) / text_len)
 
 
@@ -341,14 +374,21 @@ def dup_ngram_char_frac(ws: list[str], n: int, text_len: int, _ids: np.ndarray |
     are not counted twice (datatrove's ``find_all_duplicate``)."""
     if len(ws) < n or text_len <= 0:
         return 0.0
-    hashes = _window_hashes(_word_ids(ws) if _ids is None else _ids, n)
+    return _dup_ngram_frac(_word_ids(ws) if _ids is None else _ids, _word_lengths(ws), n, text_len)
+
+
+def _dup_ngram_frac(ids: np.ndarray, wlens: np.ndarray, n: int, text_len: int) -> float:
+    """``dup_ngram_char_frac`` from word ids and word lengths."""
+    if len(ids) < n or text_len <= 0:
+        return 0.0
+    hashes = _window_hashes(ids, n)
     uniq, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     repeated_at = np.flatnonzero(counts[inverse] > 1)
     if repeated_at.size == 0:  # the usual case: nothing repeats
         return 0.0
     # Windows seen once never match later ones, so only windows of repeated n-grams need the
     # sequential scan; the jumps are replayed over their positions.
-    lengths = _ngram_char_lengths(ws, n)
+    lengths = _ngram_char_lengths(wlens, n)
     seen: set[int] = set()
     repeated, nxt = 0, 0
     for pos, h in zip(repeated_at.tolist(), hashes[repeated_at].tolist()):
@@ -424,6 +464,330 @@ def url_substring_blocked(url: str, substrings: Iterable[str]) -> str | None:
         if s and s in low:
             return s
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path: every measure of one document from arrays built once per document.
+#
+# ``filter_document`` runs on millions of documents, so it does not tokenize text node by text
+# node in Python. ``DocArrays`` turns the document's text nodes, joined by blank lines, into code
+# points once; words are found from per-character flags (whitespace, special), each word gets a
+# 64-bit id hashed from its lower-cased characters, and every node and document measure is a few
+# numpy operations over those arrays. Values equal the definitions above (the ``TextStats``
+# measures ``explain`` prints): tests/pipeline/test_filters_fast.py compares them on real pages
+# and on arbitrary Unicode.
+
+_CHAR_BASE = np.uint64(0xC2B2AE3D27D4EB4F)  # odd; a different base from the n-gram hash
+_NOT_SIMPLE = np.uint32(0xFFFFFFFF)
+
+
+@functools.lru_cache(maxsize=1)
+def _lower_table() -> np.ndarray:
+    """For every BMP code point, its lower-case code point with "’" read as "'" (as ``words``
+    does), or ``_NOT_SIMPLE`` where ``str.lower`` is not one character in isolation ("İ" becomes
+    two; "Σ" depends on its neighbours) or would change whether the character is special or
+    whitespace. Documents with such characters are lower-cased by ``str.lower`` instead."""
+    special, space = _char_tables()
+    out = np.full(0x10000, _NOT_SIMPLE, dtype=np.uint32)
+    for c in range(0x10000):
+        low = chr(c).lower()
+        if len(low) == 1 and c != 0x3A3:
+            lc = ord(low)
+            if lc < 0x10000 and special[lc] == special[c] and space[lc] == space[c]:
+                out[c] = lc
+    out[ord("’")] = ord("'")
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _alpha_table() -> np.ndarray:
+    return np.fromiter((chr(c).isalpha() for c in range(0x10000)), dtype=bool, count=0x10000)
+
+
+def _alpha_flags(cps: np.ndarray) -> np.ndarray:
+    flags = _alpha_table()[np.minimum(cps, 0xFFFF)]
+    for i in np.flatnonzero(cps > 0xFFFF).tolist():
+        flags[i] = chr(int(cps[i])).isalpha()
+    return flags
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: word ids look random to the n-gram hash built over them, which
+    shares no structure with the character hash that made them."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _string_word_id(word: str) -> int:
+    """The id ``DocArrays`` gives ``word``: sum of (code point + 1) * B^i mod 2^64, before mixing."""
+    h, p, b = 0, 1, int(_CHAR_BASE)
+    for c in word:
+        h = (h + (ord(c) + 1) * p) % 2**64
+        p = p * b % 2**64
+    return h
+
+
+@functools.lru_cache(maxsize=16)
+def _vocabulary_ids(vocabulary: frozenset[str]) -> np.ndarray:
+    """Sorted word ids of a word list (stop words, flagged words)."""
+    ids = np.array([_string_word_id(w) for w in vocabulary], dtype=np.uint64)
+    return np.unique(_mix64(ids))
+
+
+def _in_vocabulary(ids: np.ndarray, vocabulary: frozenset[str]) -> np.ndarray:
+    known = _vocabulary_ids(vocabulary)
+    if not len(known):
+        return np.zeros(len(ids), dtype=bool)
+    at = np.searchsorted(known, ids)
+    at[at == len(known)] = 0
+    return known[at] == ids
+
+
+def _range_index(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group, position) for every position in the ranges [lo[g], hi[g]), ranges in order."""
+    n = hi - lo
+    group = np.repeat(np.arange(len(lo)), n)
+    pos = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n - lo, n)
+    return group, pos
+
+
+class DocArrays:
+    """One document's text nodes as arrays shared by every measure.
+
+    ``texts`` are the text nodes in order. Coordinates: the nodes joined by blank lines
+    (``joined``), node ``i`` starting at ``starts[i]``; words come from the lower-cased join
+    (identical unless lower-casing changes a length), with ``word_start``/``word_end`` there,
+    ``word_node`` (node index), ``word_len`` and ``word_id``. Lazy parts (vocabulary flags, n-gram
+    hashes) are computed on first use, so a document dropped early pays only for what ran.
+    """
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        k = self.n_nodes = len(texts)
+        self.lens = np.fromiter(map(len, texts), dtype=np.int64, count=k)
+        self.starts = np.cumsum(self.lens + 2) - (self.lens + 2)
+        self.joined = "\n\n".join(texts)
+        self.cps = np.frombuffer(self.joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        self.special, self.space = _char_flags(self.cps)
+
+        low = None
+        if len(self.cps) and int(self.cps.max()) < 0x10000:
+            low = _lower_table()[self.cps]
+            if int(low.max()) == int(_NOT_SIMPLE):
+                low = None
+        if low is not None or not len(self.cps):
+            self.low = self.cps if low is None else low
+            low_special, low_space, low_starts = self.special, self.space, self.starts
+        else:  # rare: characters whose lower case is not one simple character
+            lowered = [t.lower().replace("’", "'") for t in texts]
+            llens = np.fromiter(map(len, lowered), dtype=np.int64, count=k)
+            low_starts = np.cumsum(llens + 2) - (llens + 2)
+            self.low = np.frombuffer("\n\n".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            low_special, low_space = _char_flags(self.low)
+
+        # A word runs from the first to the last non-special character of a whitespace token:
+        # consecutive non-special characters belong to one word unless whitespace lies between.
+        plain = np.flatnonzero(~low_special)
+        if len(plain):
+            token = np.cumsum(low_space, dtype=np.int64)[plain]
+            brk = token[1:] != token[:-1]
+            starts = np.empty(len(plain), dtype=bool)
+            starts[0] = True
+            starts[1:] = brk
+            ends = np.empty(len(plain), dtype=bool)
+            ends[-1] = True
+            ends[:-1] = brk
+            ws, we = plain[starts], plain[ends] + 1
+            m = len(self.low)
+            pw, pinv = _powers(m + 1, _CHAR_BASE)
+            prefix = np.zeros(m + 1, dtype=np.uint64)
+            np.cumsum((self.low.astype(np.uint64) + np.uint64(1)) * pw[:m], out=prefix[1:])
+            self.word_id = _mix64((prefix[we] - prefix[ws]) * pinv[ws])
+        else:
+            ws = we = np.zeros(0, dtype=np.int64)
+            self.word_id = np.zeros(0, dtype=np.uint64)
+        self.word_start, self.word_end, self._low_special = ws, we, low_special
+        self.word_node = np.searchsorted(low_starts, ws, side="right") - 1
+        self.word_len = we - ws
+        self.node_words = np.bincount(self.word_node, minlength=k)
+        self._cache: dict = {}
+
+    # -- per node ------------------------------------------------------------------------------
+
+    def _get(self, key, make):
+        v = self._cache.get(key)
+        if v is None:
+            v = self._cache[key] = make()
+        return v
+
+    def node_special(self) -> np.ndarray:
+        """Special characters per node (original text)."""
+
+        def make():
+            cum = np.zeros(len(self.cps) + 1, dtype=np.int64)
+            np.cumsum(self.special, out=cum[1:])
+            return cum[self.starts + self.lens] - cum[self.starts]
+
+        return self._get("special", make)
+
+    def word_flags(self, vocabulary: frozenset[str]) -> np.ndarray:
+        return self._get(("vocab", id(vocabulary)), lambda: _in_vocabulary(self.word_id, vocabulary))
+
+    def node_special_ratio(self, idx: np.ndarray) -> np.ndarray:
+        return _ratio(self.node_special()[idx], self.lens[idx])
+
+    def node_word_ratio(self, idx: np.ndarray, vocabulary: frozenset[str]) -> np.ndarray:
+        hits = self._get(
+            ("node_vocab", id(vocabulary)),
+            lambda: np.bincount(self.word_node, weights=self.word_flags(vocabulary), minlength=self.n_nodes),
+        )
+        return _ratio(hits[idx], self.node_words[idx])
+
+    def node_char_repetition(self, idx: np.ndarray, n: int) -> np.ndarray:
+        """``char_ngram_repetition`` of the nodes ``idx``."""
+        out = np.zeros(len(idx))
+        ok = self.lens[idx] >= n
+        sel = idx[ok]
+        if not len(sel):
+            return out
+        hashes = self._get(("char_windows", n), lambda: _window_hashes(self.cps.astype(np.uint64) + np.uint64(1), n))
+        group, pos = _range_index(self.starts[sel], self.starts[sel] + self.lens[sel] - n + 1)
+        tag, counts = _distinct_counts(hashes[pos], group, len(sel))
+        top = _top_sqrt_counts(tag, counts, len(sel))
+        out[ok] = top / (self.lens[sel] - n + 1)
+        return out
+
+    def node_word_repetition(self, idx: np.ndarray, n: int) -> np.ndarray:
+        """``word_ngram_repetition`` of the nodes ``idx``."""
+        out = np.zeros(len(idx))
+        nw = self.node_words[idx]
+        ok = nw >= n
+        sel = idx[ok]
+        if not len(sel):
+            return out
+        hashes = self._get(("word_windows", n), lambda: _window_hashes(self.word_id, n))
+        first = np.searchsorted(self.word_node, sel)  # words of a node are consecutive
+        group, pos = _range_index(first, first + self.node_words[sel] - n + 1)
+        tag, counts = _distinct_counts(hashes[pos], group, len(sel))
+        rep = counts > 1
+        repeated = np.bincount(tag[rep], weights=counts[rep], minlength=len(sel))
+        out[ok] = repeated / (self.node_words[sel] - n + 1)
+        return out
+
+    # -- the document left after node filtering ------------------------------------------------
+
+    def keep(self, kept: np.ndarray) -> "KeptText":
+        return KeptText(self, kept)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 (as each measure returns on empty input)."""
+    out = np.zeros(len(num))
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+class KeptText:
+    """Document-level measures of the kept text nodes joined by blank lines (the text
+    ``TextStats.joined`` describes), from the document's ``DocArrays``."""
+
+    def __init__(self, arrays: DocArrays, kept: np.ndarray) -> None:
+        self.a = arrays
+        self.kept = kept
+        self.nodes = np.flatnonzero(kept)
+        seps = 2 * max(len(self.nodes) - 1, 0)
+        self.text_len = int(arrays.lens[self.nodes].sum()) + seps
+        self._seps = seps
+        wmask = kept[arrays.word_node]
+        self.word_mask = wmask
+        self.ids = arrays.word_id[wmask]
+        self.word_len = arrays.word_len[wmask]
+        self.n_words = len(self.ids)
+        self._text: str | None = None
+        self._lines: list[str] | None = None
+        self._paragraphs: list[str] | None = None
+        self.no_repeat_n: int | None = None  # as ``TextStats.no_repeat_n``
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            t = self.a.texts
+            self._text = self.a.joined if self.kept.all() else "\n\n".join(t[i] for i in self.nodes.tolist())
+        return self._text
+
+    @property
+    def lines(self) -> list[str]:
+        if self._lines is None:
+            self._lines = split_lines(self.text)
+        return self._lines
+
+    @property
+    def paragraphs(self) -> list[str]:
+        if self._paragraphs is None:
+            self._paragraphs = split_paragraphs(self.text)
+        return self._paragraphs
+
+    def special_ratio(self) -> float:
+        if not self.text_len:
+            return 0.0
+        return (int(self.a.node_special()[self.nodes].sum()) + self._seps) / self.text_len
+
+    def word_ratio(self, vocabulary: frozenset[str]) -> float:
+        return self.vocab_count(vocabulary) / self.n_words if self.n_words else 0.0
+
+    def vocab_count(self, vocabulary: frozenset[str]) -> int:
+        return int(self.a.word_flags(vocabulary)[self.word_mask].sum())
+
+    def mean_word_length(self) -> float:
+        return int(self.word_len.sum()) / self.n_words if self.n_words else 0.0
+
+    def alpha_words_ratio(self) -> float:
+        """Tokens with a letter over whitespace tokens: a token has a letter exactly when its
+        word does (letters are never stripped)."""
+        a = self.a
+        tokens = a._get("node_tokens", lambda: _node_tokens(a))[self.nodes].sum()
+        if not tokens:
+            return 0.0
+
+        def make():
+            cum = np.zeros(len(a.low) + 1, dtype=np.int64)
+            np.cumsum(_alpha_flags(a.low), out=cum[1:])
+            return cum[a.word_end] > cum[a.word_start]
+
+        has_alpha = a._get("word_alpha", make)
+        return int(has_alpha[self.word_mask].sum()) / int(tokens)
+
+    def word_repetition(self, n: int) -> float:
+        if self.n_words < n:
+            return 0.0
+        hashes = _window_hashes(self.ids, n)
+        _, counts = _distinct_counts(hashes, np.zeros(len(hashes), dtype=np.int64), 1)
+        return float(counts[counts > 1].sum() / (self.n_words - n + 1))
+
+    def top_ngram(self, n: int) -> float:
+        return _top_ngram_frac(self.ids, self.word_len, n, self.text_len)
+
+    def dup_ngram(self, n: int) -> float:
+        if self.no_repeat_n is not None and n > self.no_repeat_n:
+            return 0.0
+        v = _dup_ngram_frac(self.ids, self.word_len, n, self.text_len)
+        if v == 0.0:
+            self.no_repeat_n = n if self.no_repeat_n is None else min(self.no_repeat_n, n)
+        return v
+
+
+def _node_tokens(a: DocArrays) -> np.ndarray:
+    """Whitespace-separated tokens per node (``len(text.split())``)."""
+    if not len(a.cps):
+        return np.zeros(a.n_nodes, dtype=np.int64)
+    solid = ~a.space
+    start = solid.copy()
+    start[1:] &= a.space[:-1]
+    node = np.searchsorted(a.starts, np.flatnonzero(start), side="right") - 1
+    return np.bincount(node, minlength=a.n_nodes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,6 +891,9 @@ class Check:
     threshold: float
     measure: Callable[[TextStats], float]
     batch: Callable[[list[TextStats]], list[float]] | None = None
+    # The same measure in ``filter_document``'s fast path: node checks take (DocArrays, node
+    # indices) and return one value per node; document checks take a KeptText.
+    fast: Callable | None = None
 
     def passes(self, value: float) -> bool:
         return value >= self.threshold if self.bound == "min" else value <= self.threshold
@@ -556,53 +923,97 @@ def _stopwords() -> frozenset[str]:
 def node_checks(tf: TextFilterConfig) -> list[Check]:
     """Paragraph (text node) checks, cheapest first (OBELICS node-level defaults)."""
     stop, flagged = _stopwords(), _flagged(tf)
-    spec: list[tuple[str, str, Callable[[TextStats], float], Callable | None]] = [
-        ("node_min_words", "min", lambda s: s.n_words, None),
-        ("node_max_words", "max", lambda s: s.n_words, None),
-        ("node_max_special_char_ratio", "max", lambda s: s.special_ratio, _batched(lambda s: s.special_ratio)),
-        ("node_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop), None),
-        ("node_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged), None),
+    spec: list[tuple[str, str, Callable[[TextStats], float], Callable | None, Callable]] = [
+        ("node_min_words", "min", lambda s: s.n_words, None, lambda a, i: a.node_words[i]),
+        ("node_max_words", "max", lambda s: s.n_words, None, lambda a, i: a.node_words[i]),
+        (
+            "node_max_special_char_ratio",
+            "max",
+            lambda s: s.special_ratio,
+            _batched(lambda s: s.special_ratio),
+            lambda a, i: a.node_special_ratio(i),
+        ),
+        ("node_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop), None, lambda a, i: a.node_word_ratio(i, stop)),
+        (
+            "node_max_flagged_word_ratio",
+            "max",
+            lambda s: word_ratio(s.words, flagged),
+            None,
+            lambda a, i: a.node_word_ratio(i, flagged),
+        ),
         (
             "node_max_char_10gram_repetition",
             "max",
             lambda s: char_ngram_repetition(s.text, 10),
             lambda ss: char_ngram_repetitions([s.text for s in ss], 10),
+            lambda a, i: a.node_char_repetition(i, 10),
         ),
         (
             "node_max_word_5gram_repetition",
             "max",
             lambda s: word_ngram_repetition(s.words, 5),
             lambda ss: word_ngram_repetitions([s.words for s in ss], 5),
+            lambda a, i: a.node_word_repetition(i, 5),
         ),
     ]
-    return [Check(k, b, getattr(tf, k), m, bt) for k, b, m, bt in spec if getattr(tf, k) is not None]
+    return [Check(k, b, getattr(tf, k), m, bt, f) for k, b, m, bt, f in spec if getattr(tf, k) is not None]
 
 
 def doc_checks(tf: TextFilterConfig) -> list[Check]:
     """Document checks on the text left after paragraph filtering, cheapest first (OBELICS
     document-level and Gopher quality/repetition defaults)."""
     stop, flagged = _stopwords(), _flagged(tf)
-    spec: list[tuple[str, str, Callable[[TextStats], float]]] = [
-        ("doc_min_words", "min", lambda s: s.n_words),
-        ("doc_max_words", "max", lambda s: s.n_words),
-        ("doc_max_special_char_ratio", "max", lambda s: s.special_ratio),
-        ("doc_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop)),
-        ("doc_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged)),
-        ("gopher_min_stop_words", "min", lambda s: gopher_stop_word_count(s.words)),
-        ("gopher_min_mean_word_length", "min", lambda s: mean_word_length(s.words)),
-        ("gopher_max_mean_word_length", "max", lambda s: mean_word_length(s.words)),
-        ("gopher_max_symbol_word_ratio", "max", lambda s: symbol_word_ratio(s.text, s.n_words)),
-        ("gopher_max_bullet_lines_ratio", "max", lambda s: bullet_lines_ratio(s.text)),
-        ("gopher_max_ellipsis_lines_ratio", "max", lambda s: ellipsis_lines_ratio(s.text)),
-        ("gopher_min_alpha_words_ratio", "min", lambda s: alpha_words_ratio(s.text, s.words)),
-        ("gopher_max_dup_para_frac", "max", lambda s: dup_frac(s.paragraphs)),
-        ("gopher_max_dup_para_char_frac", "max", lambda s: dup_char_frac(s.paragraphs, len(s.text))),
-        ("gopher_max_dup_line_frac", "max", lambda s: dup_frac(s.lines)),
-        ("gopher_max_dup_line_char_frac", "max", lambda s: dup_char_frac(s.lines, len(s.text))),
-        ("doc_max_word_repetition", "max", lambda s: word_ngram_repetition(s.words, 5)),
-        ("doc_max_char_repetition", "max", lambda s: char_ngram_repetition(s.text, 10)),
+    spec: list[tuple[str, str, Callable[[TextStats], float], Callable[[KeptText], float]]] = [
+        ("doc_min_words", "min", lambda s: s.n_words, lambda k: k.n_words),
+        ("doc_max_words", "max", lambda s: s.n_words, lambda k: k.n_words),
+        ("doc_max_special_char_ratio", "max", lambda s: s.special_ratio, lambda k: k.special_ratio()),
+        ("doc_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop), lambda k: k.word_ratio(stop)),
+        ("doc_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged), lambda k: k.word_ratio(flagged)),
+        (
+            "gopher_min_stop_words",
+            "min",
+            lambda s: gopher_stop_word_count(s.words),
+            lambda k: k.vocab_count(GOPHER_STOP_WORDS),
+        ),
+        ("gopher_min_mean_word_length", "min", lambda s: mean_word_length(s.words), lambda k: k.mean_word_length()),
+        ("gopher_max_mean_word_length", "max", lambda s: mean_word_length(s.words), lambda k: k.mean_word_length()),
+        (
+            "gopher_max_symbol_word_ratio",
+            "max",
+            lambda s: symbol_word_ratio(s.text, s.n_words),
+            lambda k: symbol_word_ratio(k.text, k.n_words),
+        ),
+        ("gopher_max_bullet_lines_ratio", "max", lambda s: bullet_lines_ratio(s.text), lambda k: bullet_lines_ratio(k.text)),
+        (
+            "gopher_max_ellipsis_lines_ratio",
+            "max",
+            lambda s: ellipsis_lines_ratio(s.text),
+            lambda k: ellipsis_lines_ratio(k.text),
+        ),
+        (
+            "gopher_min_alpha_words_ratio",
+            "min",
+            lambda s: alpha_words_ratio(s.text, s.words),
+            lambda k: k.alpha_words_ratio(),
+        ),
+        ("gopher_max_dup_para_frac", "max", lambda s: dup_frac(s.paragraphs), lambda k: dup_frac(k.paragraphs)),
+        (
+            "gopher_max_dup_para_char_frac",
+            "max",
+            lambda s: dup_char_frac(s.paragraphs, len(s.text)),
+            lambda k: dup_char_frac(k.paragraphs, k.text_len),
+        ),
+        ("gopher_max_dup_line_frac", "max", lambda s: dup_frac(s.lines), lambda k: dup_frac(k.lines)),
+        (
+            "gopher_max_dup_line_char_frac",
+            "max",
+            lambda s: dup_char_frac(s.lines, len(s.text)),
+            lambda k: dup_char_frac(k.lines, k.text_len),
+        ),
+        ("doc_max_word_repetition", "max", lambda s: word_ngram_repetition(s.words, 5), lambda k: k.word_repetition(5)),
+        ("doc_max_char_repetition", "max", lambda s: char_ngram_repetition(s.text, 10), lambda k: char_ngram_repetition(k.text, 10)),
     ]
-    checks = [Check(k, b, getattr(tf, k), m) for k, b, m in spec if getattr(tf, k) is not None]
+    checks = [Check(k, b, getattr(tf, k), m, fast=f) for k, b, m, f in spec if getattr(tf, k) is not None]
     for n, frac in sorted((tf.gopher_top_ngram_char_frac or {}).items()):
         checks.append(
             Check(
@@ -610,6 +1021,7 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
                 "max",
                 frac,
                 lambda s, n=n: top_ngram_char_frac(s.words, n, len(s.text), s.word_ids),
+                fast=lambda k, n=n: k.top_ngram(n),
             )
         )
     for n, frac in sorted((tf.gopher_dup_ngram_char_frac or {}).items()):
@@ -619,9 +1031,31 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
                 "max",
                 frac,
                 lambda s, n=n: _dup_ngram_cached(s, n),
+                fast=lambda k, n=n: k.dup_ngram(n),
             )
         )
     return checks
+
+
+_CHECKS_CACHE: dict[tuple, tuple[list[Check], list[Check]]] = {}
+
+
+def _frozen(v: object) -> object:
+    if isinstance(v, dict):
+        return tuple(sorted(v.items()))
+    return tuple(v) if isinstance(v, list) else v
+
+
+def configured_checks(tf: TextFilterConfig) -> tuple[list[Check], list[Check]]:
+    """(``node_checks(tf)``, ``doc_checks(tf)``), built once per distinct configuration: building
+    them costs more than filtering a short document."""
+    key = tuple((k, _frozen(v)) for k, v in vars(tf).items())
+    got = _CHECKS_CACHE.get(key)
+    if got is None:
+        if len(_CHECKS_CACHE) >= 64:
+            _CHECKS_CACHE.clear()
+        got = _CHECKS_CACHE[key] = (node_checks(tf), doc_checks(tf))
+    return got
 
 
 def _dup_ngram_cached(s: TextStats, n: int) -> float:
@@ -677,6 +1111,41 @@ def first_failures(checks: list[Check], stats: list[TextStats]) -> list[tuple[Ch
     return out
 
 
+def node_failures(checks: list[Check], arrays: DocArrays) -> list[tuple[Check, float] | None]:
+    """``first_failures`` of the document's text nodes, each check measuring every node still
+    standing in one vectorised pass over ``arrays``."""
+    out: list[tuple[Check, float] | None] = [None] * arrays.n_nodes
+    alive = np.arange(arrays.n_nodes)
+    for c in checks:
+        if not len(alive):
+            break
+        if c.fast is not None:
+            values = np.asarray(c.fast(arrays, alive))
+        else:
+            values = np.asarray([c.measure(TextStats(arrays.texts[i])) for i in alive.tolist()])
+        ok = values >= c.threshold if c.bound == "min" else values <= c.threshold
+        if not ok.all():
+            bad = ~ok
+            for i, v in zip(alive[bad].tolist(), values[bad].tolist()):
+                out[i] = (c, v)
+            alive = alive[ok]
+    return out
+
+
+def doc_failure(checks: list[Check], kept: KeptText) -> tuple[Check, float] | None:
+    """The first document check the kept text fails, with its measured value."""
+    stats: TextStats | None = None
+    for c in checks:
+        if c.fast is not None:
+            v = c.fast(kept)
+        else:
+            stats = stats or TextStats(kept.text)
+            v = c.measure(stats)
+        if not c.passes(v):
+            return c, v
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The chain on one document
 
@@ -703,20 +1172,20 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
     if reason:
         return None, [reject(reason, f"{lang or 'none'} {score:.3f}")]
 
+    node_cs, doc_cs = configured_checks(tf)
     text_at = [i for i, n in enumerate(doc.nodes) if isinstance(n, TextNode)]
-    stats = [TextStats(doc.nodes[i].text) for i in text_at]
-    failures = first_failures(node_checks(tf), stats)
-    dropped, kept_stats = set(), []
-    for i, st, failed in zip(text_at, stats, failures):
+    arrays = DocArrays([doc.nodes[i].text for i in text_at])
+    failures = node_failures(node_cs, arrays)
+    dropped = set()
+    for i, failed in zip(text_at, failures):
         if failed:
             dropped.add(i)
             rejects.append(reject(failed[0].name, detail(failed[0], failed[1], i)))
-        else:
-            kept_stats.append(st)
-    nodes = [n for i, n in enumerate(doc.nodes) if i not in dropped]
+    nodes = [n for i, n in enumerate(doc.nodes) if i not in dropped] if dropped else list(doc.nodes)
 
     kept = dataclasses.replace(doc, nodes=nodes, language=lang, language_score=round(score, 4))
-    (failed,) = first_failures(doc_checks(tf), [TextStats.joined(kept_stats)])
+    kept_mask = np.fromiter((f is None for f in failures), dtype=bool, count=len(failures))
+    failed = doc_failure(doc_cs, arrays.keep(kept_mask))
     if failed:
         rejects.append(reject(failed[0].name, detail(failed[0], failed[1])))
         return None, rejects
