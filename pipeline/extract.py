@@ -54,7 +54,7 @@ _BLOCK_TAGS = frozenset(
     "table tbody thead tfoot tr td th caption ul html".split()
 )
 _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
-_INLINE_TAGS = frozenset("a b i em strong u small sup sub font abbr cite time mark q s strike bdi bdo var kbd samp".split())
+_NO_ATTR_TAGS = frozenset("a b i em strong u small sup sub font abbr cite time mark q s strike bdi bdo var kbd samp tr td th tbody thead".split())
 # Never dropped by class/id: they are the page, or the article itself.
 _NEVER_DROP_BY_CLASS = frozenset("html body main article".split())
 
@@ -375,7 +375,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     steps = depth = 0
     # Locals for the hot loop (attribute and global lookups cost on every node).
     push, pop, buf_append = stack.append, stack.pop, buf.append
-    skip_tags, inline_tags, boiler_tags, block_tags = _SKIP_TAGS, _INLINE_TAGS, _BOILER_TAGS, _BLOCK_TAGS
+    skip_tags, no_attr_tags, boiler_tags, block_tags = _SKIP_TAGS, _NO_ATTR_TAGS, _BOILER_TAGS, _BLOCK_TAGS
     never_drop, landmark_tags, boiler_class, hidden_style = _NEVER_DROP_BY_CLASS, _LANDMARK_TAGS, _boiler_class, _HIDDEN_STYLE
     while stack:
         entry = pop()
@@ -419,9 +419,9 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         if depth >= max_depth:
             depth_cut = True
             continue
-        # Links and inline formatting are read without their attributes (an <a>'s href is the
-        # costliest string on most pages): their hidden or boilerplate containers decide for them.
-        attrs = None if tag in inline_tags else node.attributes
+        # Links, inline formatting and table parts are read without their attributes (an <a>'s
+        # href is the costliest string on most pages): their containers decide for them.
+        attrs = None if tag in no_attr_tags else node.attributes
         cls = ""
         drop = False
         if attrs:
