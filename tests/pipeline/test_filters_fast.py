@@ -1,0 +1,282 @@
+"""``filter_document``'s fast path (``DocArrays``/``KeptText``) measures exactly what the plain
+definitions say, node by node and for the document, on real extracted pages and on arbitrary
+Unicode; its verdicts and reject details equal those of the reference chain (``TextStats``
+measures, as ``build-m3w explain`` prints them)."""
+from __future__ import annotations
+
+import gzip
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import filters as F
+from pipeline.config import Config
+from pipeline.explain import explain_document
+from pipeline.extract import ExtractionError, extract_document
+from pipeline.records import Page
+from pipeline.warc import iter_warc
+from schemas.document import Document, ImageNode, Provenance, TextNode
+from tests.conftest import shared_path
+
+CFG = Config()
+NODE_CHECKS, DOC_CHECKS = F.configured_checks(CFG.text_filters)
+STOP = F.load_word_list(F.STOPWORDS_FILE)
+FLAGGED = F.load_word_list(F.FLAGGED_WORDS_FILE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain definitions: strings, tuples and Counters, no hashing, no numpy.
+
+
+def plain_words(text: str) -> list[str]:
+    out = []
+    for tok in text.lower().replace("’", "'").split():
+        i, j = 0, len(tok)
+        while i < j and F.is_special(tok[i]):
+            i += 1
+        while j > i and F.is_special(tok[j - 1]):
+            j -= 1
+        if i < j:
+            out.append(tok[i:j])
+    return out
+
+
+def plain_char_rep(text: str, n: int) -> float:
+    grams = Counter(text[i : i + n] for i in range(len(text) - n + 1))
+    if not grams:
+        return 0.0
+    k = math.isqrt(len(grams))
+    top = sorted((c for c in grams.values() if c > 1), reverse=True)[:k]
+    return sum(top) / (len(text) - n + 1)
+
+
+def _grams(ws: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)]
+
+
+def plain_word_rep(ws: list[str], n: int) -> float:
+    grams = _grams(ws, n)
+    if not grams:
+        return 0.0
+    return sum(c for c in Counter(grams).values() if c > 1) / len(grams)
+
+
+def plain_top_ngram(ws: list[str], n: int, text_len: int) -> float:
+    grams = _grams(ws, n)
+    if not grams or text_len <= 0:
+        return 0.0
+    counts = Counter(grams)
+    top = max(counts.values())
+    if top < 2:
+        return 0.0
+    first = next(g for g in grams if counts[g] == top)
+    return min(1.0, len(" ".join(first)) * top / text_len)
+
+
+def plain_dup_ngram(ws: list[str], n: int, text_len: int) -> float:
+    if len(ws) < n or text_len <= 0:
+        return 0.0
+    seen, repeated, i = set(), 0, 0
+    while i <= len(ws) - n:
+        g = tuple(ws[i : i + n])
+        if g in seen:
+            repeated += len(" ".join(g))
+            i += n
+        else:
+            seen.add(g)
+            i += 1
+    return min(1.0, repeated / text_len)
+
+
+def _share(items: list[str], vocab) -> float:
+    return sum(w in vocab for w in items) / len(items) if items else 0.0
+
+
+def _special(text: str) -> float:
+    return sum(map(F.is_special, text)) / len(text) if text else 0.0
+
+
+def plain_node_values(text: str) -> dict[str, float]:
+    ws = plain_words(text)
+    return {
+        "node_min_words": len(ws),
+        "node_max_words": len(ws),
+        "node_max_special_char_ratio": _special(text),
+        "node_min_stopword_ratio": _share(ws, STOP),
+        "node_max_flagged_word_ratio": _share(ws, FLAGGED),
+        "node_max_char_10gram_repetition": plain_char_rep(text, 10),
+        "node_max_word_5gram_repetition": plain_word_rep(ws, 5),
+    }
+
+
+def plain_doc_values(text: str) -> dict[str, float]:
+    ws = plain_words(text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    tokens = text.split()
+    paras = F.split_paragraphs(text)
+    all_lines = F.split_lines(text)
+    out = {
+        "doc_min_words": len(ws),
+        "doc_max_words": len(ws),
+        "doc_max_special_char_ratio": _special(text),
+        "doc_min_stopword_ratio": _share(ws, STOP),
+        "doc_max_flagged_word_ratio": _share(ws, FLAGGED),
+        "gopher_min_stop_words": sum(w in F.GOPHER_STOP_WORDS for w in ws),
+        "gopher_min_mean_word_length": sum(map(len, ws)) / len(ws) if ws else 0.0,
+        "gopher_max_mean_word_length": sum(map(len, ws)) / len(ws) if ws else 0.0,
+        "gopher_max_symbol_word_ratio": (
+            max(text.count("#"), text.count("...") + text.count("…")) / len(ws) if ws else 0.0
+        ),
+        "gopher_max_bullet_lines_ratio": _share([ln.lstrip()[0] for ln in lines], "•-*·‣◦▪"),
+        "gopher_max_ellipsis_lines_ratio": (
+            sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines) if lines else 0.0
+        ),
+        "gopher_min_alpha_words_ratio": (
+            sum(any(c.isalpha() for c in t) for t in tokens) / len(tokens) if tokens else 0.0
+        ),
+        "gopher_max_dup_para_frac": F.dup_frac(paras),
+        "gopher_max_dup_para_char_frac": F.dup_char_frac(paras, len(text)),
+        "gopher_max_dup_line_frac": F.dup_frac(all_lines),
+        "gopher_max_dup_line_char_frac": F.dup_char_frac(all_lines, len(text)),
+        "doc_max_word_repetition": plain_word_rep(ws, 5),
+        "doc_max_char_repetition": plain_char_rep(text, 10),
+    }
+    for n in CFG.text_filters.gopher_top_ngram_char_frac:
+        out[f"gopher_top_{n}gram_char_frac"] = plain_top_ngram(ws, n, len(text))
+    for n in CFG.text_filters.gopher_dup_ngram_char_frac:
+        out[f"gopher_dup_{n}gram_char_frac"] = plain_dup_ngram(ws, n, len(text))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path, every value (no short-circuit)
+
+
+def fast_node_values(texts: list[str]) -> list[dict[str, float]]:
+    arrays = F.DocArrays(texts)
+    every = np.arange(len(texts))
+    cols = {c.name: np.asarray(c.fast(arrays, every)).tolist() for c in NODE_CHECKS}
+    return [{name: col[i] for name, col in cols.items()} for i in range(len(texts))]
+
+
+def fast_doc_values(texts: list[str], kept: list[bool]) -> dict[str, float]:
+    kt = F.DocArrays(texts).keep(np.array(kept, dtype=bool))
+    return {c.name: c.fast(kt) for c in DOC_CHECKS}
+
+
+def assert_document_matches(texts: list[str]) -> None:
+    fast_nodes = fast_node_values(texts)
+    for text, got in zip(texts, fast_nodes):
+        assert got == plain_node_values(text), text[:200]
+        stats = F.TextStats(text)
+        assert got == {c.name: c.measure(stats) for c in NODE_CHECKS}
+    kept = [all(c.passes(v[c.name]) for c in NODE_CHECKS) for v in fast_nodes]
+    kept_text = "\n\n".join(t for t, k in zip(texts, kept) if k)
+    got = fast_doc_values(texts, kept)
+    assert got == plain_doc_values(kept_text), kept_text[:200]
+    stats = F.TextStats(kept_text)
+    assert got == {c.name: c.measure(stats) for c in DOC_CHECKS}
+
+
+def _document(parts: list[str], url: str = "https://example.org/p") -> Document:
+    nodes = [TextNode(t) for t in parts] + [ImageNode("https://example.org/a.jpg")]
+    return Document(url=url, provenance=Provenance("x.warc", 0, 1, ""), nodes=nodes)
+
+
+def assert_same_verdict(doc: Document, cfg: Config) -> None:
+    """``filter_document`` (fast path) against ``explain_document`` (every ``TextStats`` measure)."""
+    kept, rejects = F.filter_document(doc, cfg)
+    ref = explain_document(doc, cfg)
+    assert (kept is None) == (ref["verdict"] == "dropped"), doc.url
+    if kept is None:
+        assert (rejects[-1].reason, rejects[-1].detail) == (ref["reason"], ref["detail"]), doc.url
+    if ref["language"]["pass"] and not ref["url_blocklists"]["blocked"]:
+        dropped = {n["index"]: n for n in ref["nodes"] if n["verdict"] == "dropped"}
+        node_rejects = rejects[: len(dropped)]
+        assert [r.reason for r in node_rejects] == [dropped[i]["reason"] for i in sorted(dropped)]
+        for r, i in zip(node_rejects, sorted(dropped)):
+            check = next(c for c in NODE_CHECKS if c.name == r.reason)
+            value = next(c["value"] for c in dropped[i]["checks"] if c["filter"] == r.reason)
+            assert r.detail == F.detail(check, value, i)
+        if kept is not None:
+            assert [n for n in kept.nodes] == [doc.nodes[n["index"]] for n in ref["nodes"] if n["verdict"] == "kept"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Real pages
+
+
+def _real_documents() -> list[Document]:
+    docs = []
+    for warc, every in (("pydocs.warc.gz", 8), ("handbook-fr-de.warc.gz", 10)):
+        pages = [p for p in iter_warc(str(shared_path("warc", "local_wget_crawls", warc))) if isinstance(p, Page)]
+        docs += _extract(pages[::every])
+    root = shared_path("extraction", "article_benchmark", "html")
+    pages = []
+    for path in sorted(root.glob("*.html.gz"))[::4]:
+        html = gzip.decompress(path.read_bytes()).decode("utf-8", "replace")
+        pages.append(Page(f"https://bench.example/{path.name}", Provenance(str(path), 0, 1, ""), html))
+    return docs + _extract(pages)
+
+
+def _extract(pages: list[Page]) -> list[Document]:
+    out = []
+    for p in pages:
+        try:
+            out.append(extract_document(p))
+        except ExtractionError:
+            pass  # pages without text are not filter input
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_documents() -> list[Document]:
+    return _real_documents()
+
+
+def test_fast_measures_equal_plain_definitions_on_real_pages(real_documents):
+    assert len(real_documents) >= 90
+    for d in real_documents:
+        assert_document_matches([n.text for n in d.nodes if isinstance(n, TextNode)])
+
+
+def test_fast_chain_verdicts_equal_reference_chain_on_real_pages(real_documents):
+    no_language = Config()
+    no_language.language.keep = None  # so French and German pages reach every text filter
+    no_language.language.min_score = None
+    verdicts = Counter()
+    for d in real_documents:
+        assert_same_verdict(d, CFG)
+        assert_same_verdict(d, no_language)
+        verdicts[F.filter_document(d, no_language)[0] is not None] += 1
+    assert verdicts[True] >= 20 and verdicts[False] >= 20  # both outcomes exercised
+
+
+# ---------------------------------------------------------------------------------------------
+# Arbitrary text: casing corner cases ("İ", final "Σ"), astral characters, emoji, "’"
+
+corners = st.sampled_from(["İstanbul", "ΟΔΟΣ ΟΔΟΣ", "’tis", "don’t", "😀😀", "𐐀𐐨", "٣٤", "a\u00a0b", "x\x1cy", "ǅ"])
+texts = (
+    st.text(st.characters(codec="utf-8"), max_size=400)
+    | st.text(alphabet=" \n\t.#…-•ab'’İΣ😀3", max_size=300)
+    | st.lists(corners | st.sampled_from(["the", "and", "of", "a", "b", " ", "\n", "..."]), max_size=60).map(" ".join)
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(texts, max_size=6))
+def test_fast_measures_equal_plain_definitions_on_arbitrary_text(parts):
+    assert_document_matches(parts)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(texts, min_size=1, max_size=6))
+def test_fast_chain_verdicts_equal_reference_chain_on_arbitrary_text(parts):
+    cfg = Config()
+    cfg.language.keep = None
+    cfg.language.min_score = None
+    assert_same_verdict(_document(parts), cfg)
