@@ -347,6 +347,15 @@ def _encode(im: Image.Image, fmt: str, quality: int, icc_profile: bytes | None) 
     return buf.getvalue()
 
 
+def _dct_scale(w: int, h: int, size: tuple[int, int]) -> int:
+    """Largest JPEG DCT scaling denominator (8, 4, 2, 1) whose decode, ceil(w / s) x ceil(h / s),
+    is still at least ``size`` on both sides, so the final resize only ever shrinks."""
+    for s in (8, 4, 2):
+        if w // s >= 1 and h // s >= 1 and -(-w // s) >= size[0] and -(-h // s) >= size[1]:
+            return s
+    return 1
+
+
 def _classify_decode_error(e: Exception) -> ImageRejected:
     msg = f"{type(e).__name__}: {e}"
     if "truncated" in str(e).lower() or isinstance(e, EOFError):
@@ -433,14 +442,19 @@ def process_image(
             small = _to_rgb(im)
             stored = None
         else:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
             if im.format in ("JPEG", "MPO") and scale < 1.0:
-                im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+                s = _dct_scale(w, h, size)
+                if s > 1:
+                    # Pillow picks min(w // req_w, h // req_h) rounded down to 8, 4, 2, 1: asking
+                    # for (w // s, h // s) gets exactly s (asking for the target size itself gets
+                    # 1 whenever an odd side rounds up, e.g. 1280 x 853 -> 640 x 427).
+                    im.draft(None, (w // s, h // s))
             im.load()  # an animated image opens on, and loads, its first frame
             # An RGB colour profile stays with the pixels (wide-gamut photos would shift colour
             # without it); CMYK and grey profiles do not describe the converted RGB pixels.
             icc = im.info.get("icc_profile") if im.mode in ("RGB", "RGBA", "P") else None
-            if scale < 1.0:
-                size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if scale < 1.0 and max(im.size) > target:
                 # Grey and RGB pixels are resized as they are (one grey band costs a third of its
                 # RGB copy); palettes, alpha and other modes become RGB first. Antialiased bicubic:
                 # visually on par with Lanczos for downscaling, ~1.5x faster. From 3x down (PNG,

@@ -470,3 +470,16 @@ def test_grey_image_resized_as_grey_is_stored_as_equal_rgb_channels():
     ref = np.asarray(decode(read("skimage_data_photos", "cell.png")).resize((533, 640), Image.Resampling.LANCZOS), np.int16)
     assert np.abs(px[..., 0] - px[..., 2]).max() <= 2  # grey stays grey through the RGB JPEG
     assert np.abs(px[..., 1] - ref).mean() < 2
+
+
+def test_large_jpeg_with_an_odd_side_is_decoded_at_half_size_not_resampled():
+    # 1280 x 853 (a common 3:2 web size): DCT scaling at 1/2 gives 640 x 427, already within the
+    # 640 px target, so that decode is stored (no full-size decode, no resampling pass).
+    src = decode(read("pdq_bridge_mods", "aaa-orig.jpg")).resize((1280, 853), Image.Resampling.LANCZOS)
+    data = encode(src, "JPEG", quality=90)
+    got = process_image(data, URL)
+    assert (got.width, got.height) == (640, 427)
+    expect = np.asarray(decode(data).reduce(2), np.int16)  # 2 x 2 box average of the full decode
+    # ~3 with the q90 re-encode (a full decode + bicubic resize gives ~4.6, a 1 px shift ~10)
+    assert np.abs(np.asarray(decode(got.data), np.int16) - expect).mean() < 5
+    assert imagehash.hex_to_hash(got.phash) - imagehash.phash(decode(got.data)) <= 2
