@@ -73,7 +73,8 @@ class LMConfig:
     norm_eps: float = 1e-5
     act: str = "silu"  # gpt2 layout: "gelu_new"
     tie_embeddings: bool = False  # GPT-2 ties its output head to the token embeddings
-    attn_bias: bool = False  # GPT-2 has biases everywhere; Llama none
+    attn_bias: bool = False  # GPT-2 has biases everywhere; Llama none; Qwen2 on q, k, v only
+    attn_out_bias: bool | None = None  # bias of the attention output projection; None: as attn_bias
     mlp_bias: bool = False
 
     @property
@@ -83,6 +84,10 @@ class LMConfig:
     @property
     def hd(self) -> int:
         return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attn_bias if self.attn_out_bias is None else self.attn_out_bias
 
 
 @dataclass(frozen=True)

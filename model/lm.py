@@ -72,8 +72,7 @@ class DecoderLayer(nn.Module):
             v = jax.lax.dynamic_update_slice_in_dim(kv["v"], v.astype(kv["v"].dtype), index, axis=1)
             new_kv = {"k": k, "v": v}
         o = attention(q, k, v, mask, self.dtype)
-        x = x + dense(c.d_model, ("heads", "kv", "embed"), axis=(-2, -1), use_bias=c.attn_bias, name="o",
-                      **kw)(o)
+        x = x + dense(c.d_model, ("heads", "kv", "embed"), axis=(-2, -1), use_bias=c.o_bias, name="o", **kw)(o)
         h = norm("mlp_norm")(x)
         x = x + Mlp(c.d_model, c.mlp_dim, c.act, gated=llama, use_bias=c.mlp_bias, name="mlp", **kw)(h)
         return x, new_kv

@@ -2,7 +2,7 @@
 
 - Language models: a Hugging Face directory (config.json + model.safetensors, or sharded with
   model.safetensors.index.json) of a GPT-2 or a Llama-family model (`model_type` "gpt2",
-  "llama", "mistral").
+  "llama", "mistral", "qwen2").
 - Vision: a Hugging Face CLIP directory (`CLIPVisionModel` or full `CLIPModel`; config.json +
   safetensors), or an OpenCLIP checkpoint (a .safetensors file or a directory holding one, keys
   `visual.*`; the config is read off the tensor shapes).
@@ -90,12 +90,15 @@ def lm_config_from_hf(hf: dict) -> LMConfig:
             norm_eps=hf.get("layer_norm_epsilon", 1e-5), act=hf.get("activation_function", "gelu_new"),
             tie_embeddings=hf.get("tie_word_embeddings", True), attn_bias=True, mlp_bias=True,
         )
-    if kind in ("llama", "mistral"):
+    if kind in ("llama", "mistral", "qwen2"):
         # transformers 5 keeps RoPE settings in "rope_parameters"; 4.x in "rope_scaling" + "rope_theta".
         rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
         rope_type = rope.get("rope_type") or rope.get("type") or "default"
         if rope_type not in ("default", "linear", "llama3"):
             raise ValueError(f"RoPE scaling {rope_type!r} is not supported; use default, linear or llama3")
+        if hf.get("use_sliding_window"):  # (Mistral's window only matters past its length: not checked)
+            raise ValueError("sliding-window attention is not supported; only full causal attention")
+        qwen = kind == "qwen2"  # biases on q, k, v and none on the output projection
         return LMConfig(
             layout="llama", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
             n_heads=hf["num_attention_heads"],
@@ -108,10 +111,11 @@ def lm_config_from_hf(hf: dict) -> LMConfig:
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             rope_original_max_len=int(rope.get("original_max_position_embeddings", 8192)),
             norm_eps=hf.get("rms_norm_eps", 1e-6), act=hf.get("hidden_act", "silu"),
-            tie_embeddings=hf.get("tie_word_embeddings", False), attn_bias=hf.get("attention_bias", False),
-            mlp_bias=hf.get("mlp_bias", False),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            attn_bias=True if qwen else bool(hf.get("attention_bias", False)),
+            attn_out_bias=False if qwen else None, mlp_bias=bool(hf.get("mlp_bias", False)),
         )
-    raise ValueError(f"unsupported LM model_type {kind!r}; supported: gpt2, llama, mistral")
+    raise ValueError(f"unsupported LM model_type {kind!r}; supported: gpt2, llama, mistral, qwen2")
 
 
 def _gpt2_params(cfg: LMConfig, t: dict) -> dict:
@@ -154,6 +158,7 @@ def _llama_params(cfg: LMConfig, t: dict) -> dict:
         if cfg.attn_bias:
             for n, heads in (("q", cfg.n_heads), ("k", cfg.kv_heads), ("v", cfg.kv_heads)):
                 layer[n]["bias"] = g(f"self_attn.{n}_proj.bias").reshape(heads, hd)
+        if cfg.o_bias:
             layer["o"]["bias"] = g("self_attn.o_proj.bias")
         if cfg.mlp_bias:
             for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):

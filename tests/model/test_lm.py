@@ -1,4 +1,5 @@
-"""The frozen LM matches Hugging Face `transformers` (PyTorch) logit for logit, GPT-2 and Llama."""
+"""The frozen LM matches Hugging Face `transformers` (PyTorch) logit for logit: GPT-2, Llama
+(grouped-query attention; also with Llama 3.1 RoPE scaling) and Qwen2 (q/k/v biases)."""
 from __future__ import annotations
 
 import functools
@@ -26,6 +27,16 @@ def lm_apply(cfg: LMConfig):
 
 def hf_model(layout: str):
     torch.manual_seed(0)
+    if layout == "qwen2":  # Llama layout with biases on q, k, v (not on the output projection)
+        cfg = tf.Qwen2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                             tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        model = tf.Qwen2ForCausalLM(cfg).eval()
+        with torch.no_grad():  # HF initialises biases to 0; make them count
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.add_(0.1 * torch.randn_like(p))
+        return model
     if layout == "gpt2":
         cfg = tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                             bos_token_id=0, eos_token_id=0)
@@ -47,7 +58,7 @@ def hf_model(layout: str):
     return model
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama", "llama3"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "llama3", "qwen2"])
 def checkpoint(request, tmp_path_factory):
     layout = request.param
     model = hf_model(layout)
@@ -59,11 +70,12 @@ def checkpoint(request, tmp_path_factory):
 def test_config_read_from_checkpoint(checkpoint):
     layout, model, path = checkpoint
     cfg, params = load_lm(path)
-    assert cfg.layout == layout.rstrip("3")
+    assert cfg.layout == ("gpt2" if layout == "gpt2" else "llama")
     assert cfg.rope_type == ("llama3" if layout == "llama3" else "default")
     assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads) == (VOCAB, 32, 2, 4)
     assert cfg.kv_heads == (4 if layout == "gpt2" else 2)  # grouped-query attention read from config.json
-    assert cfg.tie_embeddings == (layout == "gpt2")
+    assert cfg.tie_embeddings == (layout in ("gpt2", "qwen2"))
+    assert (cfg.attn_bias, cfg.o_bias) == {"gpt2": (True, True), "qwen2": (True, False)}.get(layout, (False, False))
     assert params["embed"].shape == (VOCAB, 32)
 
 
