@@ -1,10 +1,11 @@
-# Quick start: `make demo` builds a corpus from the bundled sample; `make test` runs the suite.
+# Quick start: `make demo` builds a corpus from the bundled sample, trains the tiny Flamingo on it
+# and captions an image; `make test` runs the suite.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-train test bench lock clean
+.PHONY: install demo test bench lock clean
 
 $(STAMP): setup.py requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,10 +17,6 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pipeline.demo
-
-# The demo, then train the tiny Flamingo on its corpus and caption an image.
-demo-train: $(STAMP)
-	$(BIN)/python -m pipeline.demo --train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
