@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,6 +75,24 @@ class _FinalizeFn(beam.DoFn):
         yield doc
 
 
+class _ProgressFn(beam.DoFn):
+    """Prints pages read per worker every few seconds: long local runs show they are moving."""
+
+    EVERY_S = 10.0
+
+    def setup(self) -> None:
+        self.pages, self.started, self.last = 0, time.monotonic(), time.monotonic()
+
+    def process(self, page: Any) -> Iterator[Any]:
+        self.pages += 1
+        now = time.monotonic()
+        if now - self.last >= self.EVERY_S:
+            self.last = now
+            rate = self.pages / (now - self.started)
+            print(f"build-m3w: [worker {os.getpid()}] {self.pages:,} pages read ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+        yield page
+
+
 class _DropImagelessFn(beam.DoFn):
     """A document with no image node can never meet ``doc_min_images`` ≥ 1: drop it before the joins."""
 
@@ -118,7 +138,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     read = p | "WarcPaths" >> beam.Create(sorted(inputs)) | "ReadWarcFiles" >> ReadWarcFiles(cfg.limits)
     rejects.append(read.rejects)
 
-    pages = read.pages
+    pages = read.pages | "ShowProgress" >> beam.ParDo(_ProgressFn())
     if cfg.dedup.url:
         dedup_urls = pages | "DeduplicateUrls" >> DeduplicateUrls(cfg.dedup)
         pages = dedup_urls.pages

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import tarfile
 import tempfile
 import uuid
@@ -170,6 +171,8 @@ class _WriteShardFn(beam.DoFn):
                 yield {"format": fmt, "path": name, "documents": len(spill), "images": n_images, "bytes": size, "sha256": sha}
         finally:
             spill.close()
+        print(f"build-m3w: wrote {shard_name(index, num_shards, '*')} ({len(spill):,} documents, {n_images:,} images)",
+              file=sys.stderr, flush=True)
         self.shards.inc()
         self.docs.inc(len(spill))
         self.images.inc(n_images)
