@@ -614,8 +614,11 @@ class _FileReader:
         yield from self._convert_all(runs)
 
     def _convert_all(self, raws: Iterator[_Raw]) -> Iterator[Item]:
+        convert = self.convert
         for raw in raws:
-            yield from self.convert(raw)
+            item = convert(raw)
+            if item is not None:
+                yield item
 
     def _resyncing(self, stream, gz: bool, kind: str, run: Callable[[int], Iterator[_Raw]]) -> Iterator[_Raw]:
         """``run(base)`` over a seekable file from ``base``; after damage, again from the next record
@@ -785,26 +788,22 @@ class _FileReader:
     def _reject(self, reason: str, prov: Provenance, url: str = "", detail: str = "") -> Reject:
         return Reject.of(STAGE, reason, prov, url=url, detail=detail)
 
-    def convert(self, raw: _Raw) -> Iterator[Item]:
-        """One raw record to at most one Page, ImageRecord or Reject; skipped types only count."""
+    def convert(self, raw: _Raw) -> Item | None:
+        """One raw record to a Page, ImageRecord or Reject, or None for skipped types (only counted)."""
         if raw.rtype == "damage":
-            yield self._reject(raw.reason, Provenance(self.name, raw.offset, -1, ""), detail=raw.detail)
-            return
+            return self._reject(raw.reason, Provenance(self.name, raw.offset, -1, ""), detail=raw.detail)
         self.stats["records"] += 1
         if raw.rtype not in _CONTENT_RECORDS:
             self.stats[f"skipped_{raw.rtype if raw.rtype in _KNOWN_TYPES else 'unknown'}"] += 1
-            return
+            return None
         url = _clean_uri(raw.uri)
         prov = Provenance(self.name, raw.offset, raw.length, _iso_date(raw.date), raw.record_id.strip())
         if raw.rtype == "revisit":
-            yield self._revisit(raw, url, prov)
-            return
+            return self._revisit(raw, url, prov)
         if raw.too_large:
-            yield self._reject("record_too_large", prov, url, f"{raw.content_length} bytes")
-            return
+            return self._reject("record_too_large", prov, url, f"{raw.content_length} bytes")
         if raw.short_read:
-            yield self._reject("truncated_record", prov, url, f"{len(raw.block or b'')} of {raw.content_length} bytes")
-            return
+            return self._reject("truncated_record", prov, url, f"{len(raw.block or b'')} of {raw.content_length} bytes")
         block = raw.block or b""
         status = 200
         is_http = raw.rtype == "response" and block.startswith(b"HTTP/")
@@ -812,16 +811,13 @@ class _FileReader:
             try:
                 status, headers, body_at = parse_http_headers(block, _USED_HEADERS)
             except HttpError as e:
-                yield self._reject("bad_http_headers", prov, url, str(e))
-                return
+                return self._reject("bad_http_headers", prov, url, str(e))
             ctype = headers.get("content-type", "")
         elif raw.rtype == "response" and url.lower().startswith(("http:", "https:")) and "application/http" in raw.warc_content_type.lower():
-            yield self._reject("bad_http_headers", prov, url, f"block starts {block[:40]!r}")
-            return
+            return self._reject("bad_http_headers", prov, url, f"block starts {block[:40]!r}")
         elif raw.rtype == "response" and "application/http" in raw.warc_content_type.lower():
             # dns:, whois:, ftp: captures (ARC files label them all HTTP) carry no web page.
-            yield self._reject("not_html_or_image", prov, url, url.split(":", 1)[0] + " record")
-            return
+            return self._reject("not_html_or_image", prov, url, url.split(":", 1)[0] + " record")
         else:  # resource records, and ARC/old responses without HTTP headers
             headers = _NO_HEADERS
             ctype = raw.warc_content_type
@@ -830,8 +826,7 @@ class _FileReader:
         mime, _, params = ctype.partition(";")
         mime = mime.strip().lower()
         if status != 200:
-            yield self._reject("http_status", prov, url, f"{status} {mime}".strip())
-            return
+            return self._reject("http_status", prov, url, f"{status} {mime}".strip())
         if headers:
             chunked = "chunked" in headers.get("transfer-encoding", "").lower()
             encoding = headers.get("content-encoding", "").strip()
@@ -852,8 +847,7 @@ class _FileReader:
         elif not chunked and not encoding and sniff_image(block[body_at : body_at + 32]):
             kind = "image"  # image bytes behind a wrong type (text/plain, application/x-...)
         else:
-            yield self._reject("not_html_or_image", prov, url, mime or "no content type")
-            return
+            return self._reject("not_html_or_image", prov, url, mime or "no content type")
         limit = {"html": self.limits.max_html_bytes, "image": self.limits.max_image_bytes}.get(kind, self.limits.max_record_bytes)
         if chunked:
             try:
@@ -861,48 +855,38 @@ class _FileReader:
             except NotChunked:
                 self.stats["chunked_header_on_plain_body"] += 1
             except ChunkedError as e:
-                yield self._reject("bad_chunked_encoding", prov, url, str(e))
-                return
+                return self._reject("bad_chunked_encoding", prov, url, str(e))
             except OverflowError:
-                yield self._reject("record_too_large", prov, url, "chunked body over max_record_bytes")
-                return
+                return self._reject("record_too_large", prov, url, "chunked body over max_record_bytes")
         if encoding:
             try:
                 body = decode_content(bytes(body), encoding, limit)
             except OverflowError:
                 reason = {"html": "html_too_large", "image": "image_too_large"}.get(kind, "record_too_large")
-                yield self._reject(reason, prov, url, f"decoded body over {limit} bytes")
-                return
+                return self._reject(reason, prov, url, f"decoded body over {limit} bytes")
             except EncodingError as e:
-                yield self._reject("bad_content_encoding", prov, url, str(e))
-                return
+                return self._reject("bad_content_encoding", prov, url, str(e))
         if kind == "sniff":
             head = bytes(body[:1024])
             kind = "image" if sniff_image(head) else ("html" if sniff_html(head) else "")
             if not kind:
-                yield self._reject("not_html_or_image", prov, url, mime or "no content type")
-                return
+                return self._reject("not_html_or_image", prov, url, mime or "no content type")
         if kind == "html":
             if self.limits.max_html_bytes is not None and len(body) > self.limits.max_html_bytes:
-                yield self._reject("html_too_large", prov, url, f"{len(body)} bytes")
-                return
+                return self._reject("html_too_large", prov, url, f"{len(body)} bytes")
             m = _CHARSET_PARAM.search(params) if params else None
             self.stats["html_pages"] += 1
             # Charset resolution and decoding happen on first use of Page.html (decode_html).
-            yield Page.from_body(url, prov, body, m.group(1) if m else "")
-            return
+            return Page.from_body(url, prov, body, m.group(1) if m else "")
         if self.limits.max_image_bytes is not None and len(body) > self.limits.max_image_bytes:
-            yield self._reject("image_too_large", prov, url, f"{len(body)} bytes")
-            return
+            return self._reject("image_too_large", prov, url, f"{len(body)} bytes")
         if raw.warc_truncated:
-            yield self._reject("truncated_image", prov, url, f"WARC-Truncated: {raw.warc_truncated}")
-            return
+            return self._reject("truncated_image", prov, url, f"WARC-Truncated: {raw.warc_truncated}")
         if not body:
-            yield self._reject("empty_image", prov, url)
-            return
+            return self._reject("empty_image", prov, url)
         self.stats["images"] += 1
         data = bytes(body)  # images travel on as bytes (hashing, decoding, shuffles)
-        yield ImageRecord(url=url, provenance=prov, data=data, content_type=sniff_image(data) or mime)
+        return ImageRecord(url=url, provenance=prov, data=data, content_type=sniff_image(data) or mime)
 
     def _remember(self, raw: _Raw, url: str) -> None:
         cap = self.limits.max_revisit_index
