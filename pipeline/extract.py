@@ -54,7 +54,9 @@ _BLOCK_TAGS = frozenset(
     "table tbody thead tfoot tr td th caption ul html".split()
 )
 _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
-_NO_ATTR_TAGS = frozenset("a b i em strong u small sup sub font abbr cite time mark q s strike bdi bdo var kbd samp tr td th tbody thead".split())
+_NO_ATTR_TAGS = frozenset(
+    "a b i em strong u small sup sub font abbr cite time mark q s strike bdi bdo var kbd samp tr td th tbody thead".split()
+)
 # Never dropped by class/id: they are the page, or the article itself.
 _NEVER_DROP_BY_CLASS = frozenset("html body main article".split())
 
@@ -376,7 +378,8 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     # Locals for the hot loop (attribute and global lookups cost on every node).
     push, pop, buf_append = stack.append, stack.pop, buf.append
     skip_tags, no_attr_tags, boiler_tags, block_tags = _SKIP_TAGS, _NO_ATTR_TAGS, _BOILER_TAGS, _BLOCK_TAGS
-    never_drop, landmark_tags, boiler_class, hidden_style = _NEVER_DROP_BY_CLASS, _LANDMARK_TAGS, _boiler_class, _HIDDEN_STYLE
+    never_drop, landmark_tags = _NEVER_DROP_BY_CLASS, _LANDMARK_TAGS
+    boiler_class, hidden_style = _boiler_class, _HIDDEN_STYLE
     while stack:
         entry = pop()
         if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article, -3 depth
@@ -742,7 +745,9 @@ def extract_nodes(
     return _assemble(items, walk, cfg.min_text_chars), title
 
 
-def extract_document(page: Page, cfg: ExtractConfig = ExtractConfig(), limits: LimitsConfig = LimitsConfig()) -> Document:
+def extract_document(
+    page: Page, cfg: ExtractConfig = ExtractConfig(), limits: LimitsConfig = LimitsConfig()
+) -> Document:
     """A Page as a Document with the page's provenance. Raises ``ExtractionError`` (no_content, ...)."""
     nodes, title = extract_nodes(page.html, page.url, cfg, limits)
     if not any(isinstance(n, TextNode) for n in nodes):
