@@ -1,11 +1,14 @@
 """HTML → interleaved text and image nodes in reading order (the DOM walker of ``build-m3w``).
 
-One pass over the lexbor DOM (selectolax) collects text blocks and images in document order,
-skipping scripts, hidden elements and boilerplate (navigation, headers, footers, menus, sidebars,
-forms, cookie/share widgets, comment sections, related-article lists). Each block remembers the
-chain of block containers it sits in, so a readability-style text-density score can then pick the
-main-content container(s) without a second walk. Lists and tables become one text node each
-(items and rows on their own lines); headings and paragraphs one node each.
+One pass over the lexbor DOM (selectolax) collects text blocks and images in document order. It
+never enters scripts, hidden elements or boilerplate (navigation, headers, footers, menus,
+sidebars, forms, cookie/share widgets, comment sections, related-article lists), except a hidden
+or boilerplate-looking element that holds most of the page's text. Each block remembers its parent
+block, so a readability-style text-density score can then pick the main-content block(s) without
+a second walk. Lists and tables become one text node each (items and rows on their own lines);
+headings and paragraphs one node each. Image URLs are resolved as browsers and lazy loaders do.
+
+docs/bench/extraction.md has the measurements behind the choices (parser, detector, speed).
 
 ``extract_nodes`` and ``extract_document`` are pure per-page functions; ``ExtractDocuments`` is
 the Beam stage (Page → Document, with counted rejects).
@@ -54,6 +57,8 @@ _BLOCK_TAGS = frozenset(
     "table tbody thead tfoot tr td th caption ul html".split()
 )
 _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
+# Read without their attributes (speed): whether they are hidden or boilerplate is decided by
+# their containers.
 _NO_ATTR_TAGS = frozenset(
     "a b i em strong u small sup sub font abbr cite time mark q s strike bdi bdo var kbd samp tr td th tbody thead".split()
 )
@@ -77,7 +82,6 @@ _NEGATIVE_CLASS = re.compile(
     r"outbrain|promo|related|scroll|share|shoutbox|sidebar|skyscraper|sponsor|shopping|tags|widget"
 )
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
-_WS = re.compile(r"\s+")
 
 _LEVEL_DIVISOR = (1, 2, 6, 9, 12)  # readability: parent, grandparent, then level × 3
 _TAG_SCORE = {
