@@ -28,6 +28,8 @@ from pipeline.records import Page, Reject
 from schemas.document import Document, ImageNode, Node, TextNode
 
 STAGE = "extract"
+# Why a page yields no document (counter ``extract.dropped_<reason>``, Reject.reason).
+DROP_REASONS = ("html_too_large", "parse_timeout", "no_content", "parse_error")
 
 
 class ExtractionError(Exception):
@@ -766,7 +768,7 @@ class _ExtractFn(beam.DoFn):
         self.pages = beam.metrics.Metrics.counter("m3w", f"{STAGE}.pages")
         self.documents = beam.metrics.Metrics.counter("m3w", f"{STAGE}.documents")
         self.images_found = beam.metrics.Metrics.counter("m3w", f"{STAGE}.images_found")
-        self.dropped: dict[str, beam.metrics.metric.Metrics.DelegatingCounter] = {}
+        self.dropped = {r: beam.metrics.Metrics.counter("m3w", f"{STAGE}.dropped_{r}") for r in DROP_REASONS}
 
     def _drop(self, reason: str):
         c = self.dropped.get(reason)
