@@ -2,7 +2,7 @@
 
 Both runs process the same WARCs with the same config, in the same process, one core each:
 read (iter_warc) → extract_document → filter_document → referenced
-images (process_image) → attach → image cap and count → shard writers and the rejects file. Dedup (URLs, MinHash, paragraphs, image sets) is grouped work with no per-record equivalent, so
+images (process_image) → attach → repeated images → image count → shard writers and the rejects file. Dedup (URLs, MinHash, paragraphs, image sets) is grouped work with no per-record equivalent, so
 it is off in both, and ``--copies N`` can repeat the crawl to amortise Beam's fixed start-up cost
 (graph construction, one bundle per stage) the way a real crawl does. The ratio Beam/loop is Beam's overhead (target ≤ 1.3×). The multi-process local runner
 on all cores is reported beside it.
@@ -21,7 +21,7 @@ import time
 from pipeline.config import load_config
 from pipeline.extract import ExtractionError, extract_document
 from pipeline.filters import filter_document, image_count_reason
-from pipeline.images import ImageRejected, ResolvedImage, process_image
+from pipeline.images import ImageRejected, ResolvedImage, drop_images, image_hashes_of, process_image, repeated_in_docs
 from pipeline.join import choose_record
 from pipeline.records import ImageRecord, Page, Reject
 from pipeline.shards import write_parquet, write_wds
@@ -81,13 +81,24 @@ def plain_loop(paths: list[str], out: str) -> int:
                 except ImageRejected as e:
                     rejects.append(Reject.of("image", e.reason, rec.provenance, rec.url, e.detail))
                     resolved[key] = None
-    final = []
     for doc in docs:
         doc.nodes = [
             resolved[normalize_url(n.url)].apply_to(n) if isinstance(n, ImageNode) else n
             for n in doc.nodes
             if not isinstance(n, ImageNode) or resolved.get(normalize_url(n.url)) is not None
         ]
+    docs_per_sha: dict[str, list[str]] = {}
+    for doc in docs:
+        for sha, doc_id in image_hashes_of(doc):
+            docs_per_sha.setdefault(sha, []).append(doc_id)
+    repeated: dict[str, dict[str, int]] = {}
+    for item in docs_per_sha.items():
+        for doc_id, (sha, n) in repeated_in_docs(item, cfg.images.max_docs_per_image):
+            repeated.setdefault(doc_id, {})[sha] = n
+    final = []
+    for doc in docs:
+        doc, dropped = drop_images(doc, repeated.get(doc.doc_id, {}))
+        rejects += [Reject.of("image", reason, doc.provenance, node.url, detail) for reason, node, detail in dropped]
         if image_count_reason(doc, cfg) is None:
             final.append(doc)
     final.sort(key=lambda d: d.doc_id)
