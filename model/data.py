@@ -112,15 +112,17 @@ def _tar_members(path: str) -> Iterator[dict[str, Any]]:
         yield from group_by_keys(members)
 
 
-def read_wds_documents(path: str) -> Iterator[dict[str, Any]]:
+def read_wds_documents(path: str, stats: collections.Counter | None = None) -> Iterator[dict[str, Any]]:
     """Raw interleaved documents of one m3w webdataset shard.
 
     Yields ``{"key", "texts": [str|None], "images": [bytes|None]}`` aligned with the document's
-    ``nodes``; an image whose member is absent has ``None`` bytes.
+    ``nodes``; an image whose member is absent has ``None`` bytes. Tar groups without a document
+    are counted in ``stats["dropped_incomplete_sample"]``.
     """
     for sample in _tar_members(path):
         if "json" not in sample:
-            continue  # a tar group without a document: not an m3w sample (counted by the caller as none)
+            _count(stats, "dropped_incomplete_sample")
+            continue
         doc = json.loads(sample["json"])
         nodes = doc["nodes"]
         by_pos: dict[int, bytes] = {}
@@ -142,21 +144,23 @@ def read_parquet_documents(path: str, batch_rows: int = 64) -> Iterator[dict[str
             yield {"key": doc_id, "texts": list(texts), "images": list(image_bytes)}
 
 
-def read_pairs(path: str) -> Iterator[dict[str, Any]]:
+def read_pairs(path: str, stats: collections.Counter | None = None) -> Iterator[dict[str, Any]]:
     """Raw image–caption pairs: ``{"key", "texts": [caption], "images": [bytes]}``."""
     for sample in _tar_members(path):
         img = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         text = sample.get("txt")
         if img is None or text is None:
-            continue  # incomplete group; the builder counts it as dropped_incomplete_pair
+            _count(stats, "dropped_incomplete_sample")
+            continue
         yield {"key": sample["__key__"], "texts": [text.decode("utf-8")], "images": [img]}
 
 
-def read_videos(path: str) -> Iterator[dict[str, Any]]:
+def read_videos(path: str, stats: collections.Counter | None = None) -> Iterator[dict[str, Any]]:
     """Raw video clips: ``{"key", "texts": [caption], "frames": [bytes, ...] | ndarray[T,H,W,3]}``."""
     for sample in _tar_members(path):
         text = sample.get("txt")
         if text is None:
+            _count(stats, "dropped_incomplete_sample")
             continue
         if "npy" in sample:
             frames: Any = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
@@ -170,13 +174,18 @@ def read_videos(path: str) -> Iterator[dict[str, Any]]:
         yield {"key": sample["__key__"], "texts": [text.decode("utf-8")], "frames": frames}
 
 
-def read_shard(path: str, kind: str) -> Iterator[dict[str, Any]]:
+def _count(stats: collections.Counter | None, key: str) -> None:
+    if stats is not None:
+        stats[key] += 1
+
+
+def read_shard(path: str, kind: str, stats: collections.Counter | None = None) -> Iterator[dict[str, Any]]:
     if kind == "interleaved":
-        return read_parquet_documents(path) if path.endswith(".parquet") else read_wds_documents(path)
+        return read_parquet_documents(path) if path.endswith(".parquet") else read_wds_documents(path, stats)
     if kind == "pairs":
-        return read_pairs(path)
+        return read_pairs(path, stats)
     if kind == "videos":
-        return read_videos(path)
+        return read_videos(path, stats)
     raise ValueError(f"unknown data kind {kind!r} (expected one of {KINDS})")
 
 
@@ -447,7 +456,9 @@ BUILDERS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 # The deterministic stream
 
 
-def raw_stream(files: list[str], kind: str, seed: int, host: int = 0, num_hosts: int = 1) -> Iterator[dict[str, Any]]:
+def raw_stream(
+    files: list[str], kind: str, seed: int, host: int = 0, num_hosts: int = 1, stats: collections.Counter | None = None
+) -> Iterator[dict[str, Any]]:
     """Endless raw elements for one host: per-epoch seeded shard order, shards split across hosts.
 
     With fewer shards than hosts every host reads all shards and keeps every ``num_hosts``-th
@@ -462,7 +473,7 @@ def raw_stream(files: list[str], kind: str, seed: int, host: int = 0, num_hosts:
         mine = order if stride else order[host::num_hosts]
         k = 0
         for path in mine:
-            for rec in read_shard(path, kind):
+            for rec in read_shard(path, kind, stats):
                 if not stride or k % num_hosts == host:
                     yield rec
                 k += 1
@@ -533,7 +544,8 @@ class Loader:
 
     def _raw(self, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
         rng = np.random.default_rng([self.cfg.seed, self.host, 7])
-        stream = shuffle(raw_stream(self.files, self.kind, self.cfg.seed, self.host, self.num_hosts), self.cfg.shuffle_buffer, rng)
+        raw = raw_stream(self.files, self.kind, self.cfg.seed, self.host, self.num_hosts, self.stats)
+        stream = shuffle(raw, self.cfg.shuffle_buffer, rng)
         for j, rec in enumerate(stream):
             if j >= start:
                 yield j, rec
