@@ -1,7 +1,7 @@
 """Evaluation-set index: perceptual hashes in FAISS binary indexes, optional dense embeddings.
 
     build-m3w eval-index --images DIR_OR_MANIFEST --name NAME --output INDEX [--append]
-        [--feature phash64] [--variants crops --variants trim] [--embedder thumbnail16 | MODULE:FACTORY
+        [--feature phash256 --feature phash64] [--variants crops --variants trim] [--embedder thumbnail16 | MODULE:FACTORY
         --embedder-weights PATH]
 
 One index file holds several evaluation sets; each entry keeps its image id and set name. The
@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 MULTIHASH_MIN_ENTRIES = 200_000  # 64-bit codes: flat search below this many entries (docs/bench/dedup.md)
 MULTIHASH_TABLES = 3  # 3 tables of 21 bits: exact within distance 8 with 2 flips per table
 HNSW_MIN_ENTRIES = 2_000_000  # wider codes: flat search below this many entries
-DEFAULT_FEATURE = "phash64"
+DEFAULT_FEATURES = ["phash256", "phash64"]  # phash256 is the calibrated one; phash64 matches ImageNode.phash
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
@@ -208,11 +208,12 @@ class EvalIndex:
 
     # -- searching -----------------------------------------------------------------------------
     def search(
-        self, phashes: Any, feature: str = DEFAULT_FEATURE, radius: int | None = None
+        self, phashes: Any, feature: str = "phash64", radius: int | None = None
     ) -> tuple[np.ndarray, list[str], list[str]]:
         """Nearest evaluation image of each query: (Hamming distances int32[n], set names, ids).
 
-        ``phashes``: hex strings (``str(imagehash.phash(img))`` for phash64) or uint8[n, bits // 8].
+        ``phashes``: hex strings (``str(imagehash.phash(img))``, 64-bit, or the 256-bit hex of
+        ``imagehash.phash(img, 16)``) or packed codes uint8[n, bits // 8] of ``feature``.
         Exact for flat indexes; a multi-hash index is exact within ``radius`` (default 8) and a
         query with nothing that close may report ``bits + 1`` (no neighbour), as does an empty index.
         """
@@ -391,8 +392,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--output", required=True, help="index file to write (local path or FileSystem URI)")
     ap.add_argument("--append", action="store_true", help="add to an existing index instead of replacing it")
     ap.add_argument(
-        "--feature", action="append", default=None, help=f"binary feature(s) to index (default {DEFAULT_FEATURE}); "
-        f"one of {', '.join(sorted(phash.FEATURES))}"
+        "--feature",
+        action="append",
+        default=None,
+        help=f"binary feature(s) to index, repeatable (default {' '.join(DEFAULT_FEATURES)}); "
+        f"one of {', '.join(sorted(phash.FEATURES))}",
     )
     ap.add_argument(
         "--variants",
@@ -404,7 +408,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--embedder", default=None, help="dense embedder: thumbnail16 or package.module:factory")
     ap.add_argument("--embedder-weights", default=None, help="local weights file passed to the embedder factory")
     args = ap.parse_args(argv)
-    features = args.feature or [DEFAULT_FEATURE]
+    features = args.feature or DEFAULT_FEATURES
     variants = [v for v in (args.variants or phash.DEFAULT_VARIANTS) if v != "none"]
     try:
         for f in features:
