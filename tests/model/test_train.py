@@ -208,3 +208,16 @@ def test_accumulation_is_one_update_with_the_weighted_sum_of_gradients(setup):
     # Adam's first step is ≈ lr·sign(g): summation-order noise in near-zero gradients moves a few
     # values by ≪ lr, while any other weighting of the two gradients moves values by ≈ lr (3e-3).
     assert _max_diff(jax.device_get(new["params"]), jax.device_get(want_params)) < 1e-4
+
+
+def test_config_file_overrides_a_preset(tmp_path):
+    from model.configs import get_config
+    from model.train import config_from_dict, config_to_dict, load_model_config
+
+    f = tmp_path / "model.yaml"
+    f.write_text("base: small\ncross_attn_every: 4\nlm:\n  n_layers: 4\n")
+    cfg = load_model_config(str(f))
+    assert cfg.lm.n_layers == 4 and cfg.cross_attn_every == 4 and cfg.lm.d_model == get_config("small").lm.d_model
+    assert config_from_dict(config_to_dict(cfg)) == cfg  # what a run folder's model_config.json restores
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_model_config("nope")
