@@ -5,6 +5,7 @@ import collections
 import gzip
 import io
 import os
+import pickle
 
 import pytest
 
@@ -386,3 +387,18 @@ def test_records_after_header_garbage_are_recovered(tmp_path):
     assert [p.url for p in b_pages] == [p.url for p in pages]
     assert {i.url for i in b_images} == {i.url for i in images} - {images[5].url}
     assert {r.reason for r in b_rejects} & {"bad_warc_header", "read_error", "truncated_record"}
+
+
+def test_pages_decode_on_first_access_and_pickle_as_the_same_page():
+    path = shared_path("warc", "ipwb_samples", "sample-1.warc.gz")
+    pages, _, _, _ = read_all(path)
+    assert pages
+    for page in pages:
+        shipped = pickle.loads(pickle.dumps(page))  # as Beam ships it between workers, still undecoded
+        assert shipped.charset and page.charset == shipped.charset
+        assert page.html == shipped.html and page == shipped
+        assert pickle.loads(pickle.dumps(page)) == page  # decoded pages pickle as text
+    # the text and charset are those decode_html gives for the record's body
+    raw = Page.from_body("http://x.example/", pages[0].provenance, b"<meta charset='koi8-r'><p>\xf0\xd2\xc9\xd7\xc5\xd4</p>")
+    assert (raw.html, raw.charset) == ("<meta charset='koi8-r'><p>Привет</p>", "meta:koi8-r")
+    assert Page("http://x.example/", pages[0].provenance, "<p>text</p>").html == "<p>text</p>"
