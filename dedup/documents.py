@@ -35,13 +35,17 @@ from pipeline.urls import domain
 from schemas.document import Document, TextNode
 
 STAGE = "dedup"
-Rank = tuple[int, str]  # (-len(text), doc_id): the smallest rank is a cluster's survivor
+Rank = tuple  # (-len(text), doc_id, url): the smallest is a cluster's survivor (doc_id is unique)
 
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
 
 
 def rank(doc: Document) -> Rank:
-    return (-len(doc.text), doc.doc_id)
+    return (-len(doc.text), doc.doc_id, doc.url)
+
+
+def _url_of(r: Rank) -> str:
+    return r[2] if len(r) > 2 else ""
 
 
 def paragraphs(text: str) -> list[str]:
@@ -98,6 +102,7 @@ class DocSummary:
 class Drop:
     reason: str  # "near_duplicate" | "same_image_set"
     survivor: str  # doc_id of the kept document
+    survivor_url: str = ""
 
 
 class _Summarize(beam.DoFn):
@@ -184,7 +189,7 @@ class ClusterNearDuplicates(beam.PTransform):
         return (
             labels
             | "NotOwnLabel" >> beam.Filter(lambda kv: kv[0] != kv[1])
-            | "NearDuplicateDrops" >> beam.Map(lambda kv: (kv[0][1], Drop("near_duplicate", kv[1][1])))
+            | "NearDuplicateDrops" >> beam.Map(lambda kv: (kv[0][1], Drop("near_duplicate", kv[1][1], _url_of(kv[1]))))
         )
 
 
@@ -199,7 +204,7 @@ def _survivors(item: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, Do
 def _image_set_drops(item: tuple[str, Iterable[Rank]]) -> Iterator[tuple[str, Drop]]:
     members = sorted(set(item[1]))
     for m in members[1:]:
-        yield m[1], Drop("same_image_set", members[0][1])
+        yield m[1], Drop("same_image_set", members[0][1], _url_of(members[0]))
 
 
 def _paragraph_cuts(max_docs: int):
@@ -234,7 +239,8 @@ class _ApplyDecisions(beam.DoFn):
                 d = drops[0]
                 (self.near if d.reason == "near_duplicate" else self.same_images).inc()
                 yield beam.pvalue.TaggedOutput(
-                    "rejects", Reject.of(STAGE, d.reason, doc.provenance, url=doc.url, detail=f"kept doc_id {d.survivor}")
+                    "rejects",
+                    Reject.of(STAGE, d.reason, doc.provenance, url=doc.url, detail=f"kept {d.survivor_url} (doc_id {d.survivor})"),
                 )
                 continue
             if grouped["cut"]:

@@ -51,19 +51,20 @@ def test_planted_near_duplicates_are_removed_and_distinct_pages_kept(articles):
         d = _doc(f"https://mirror{j}.example.net/copy", copy, 1000 + j)
         planted[d.doc_id] = (d, docs[j])
         docs.append(d)
-    # Survivor: the longer text of each pair.
-    expected_dropped = sorted(
-        (copy if len(copy.text) < len(orig.text) or (len(copy.text) == len(orig.text) and copy.doc_id > orig.doc_id) else orig).url
-        for copy, orig in planted.values()
-    )
-    expected_kept = sorted({d.url for d in docs} - set(expected_dropped))
+    # Survivor: the longer text of each pair; the reject names it.
+    pairs = []
+    for copy, orig in planted.values():
+        copy_loses = len(copy.text) < len(orig.text) or (len(copy.text) == len(orig.text) and copy.doc_id > orig.doc_id)
+        pairs.append((copy, orig) if copy_loses else (orig, copy))
+    expected_dropped = sorted((lost.url, f"kept {kept.url}") for lost, kept in pairs)
+    expected_kept = sorted({d.url for d in docs} - {u for u, _ in expected_dropped})
     cfg = DedupConfig(paragraph_max_per_domain=None, image_set=False, minhash_cluster_rounds=2)
     with TestPipeline() as p:
         out = p | beam.Create(docs) | DeduplicateDocuments(cfg)
         assert_that(out.documents | "KeptUrls" >> beam.Map(lambda d: d.url), equal_to(expected_kept), label="Kept")
         assert_that(
-            out.rejects | "Reasons" >> beam.Map(lambda r: (r.stage, r.reason, r.url)),
-            equal_to([("dedup", "near_duplicate", u) for u in expected_dropped]),
+            out.rejects | "Reasons" >> beam.Map(lambda r: (r.stage, r.reason, r.url, r.detail.split(" (doc_id")[0])),
+            equal_to([("dedup", "near_duplicate", u, kept) for u, kept in expected_dropped]),
             label="Dropped",
         )
 
