@@ -415,8 +415,8 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-_PARA_SPLIT = re.compile(r"\n{2,}")
-_LINE_SPLIT = re.compile(r"\n+")
+# "\n\n+" rather than "\n{2,}": same matches, but a literal prefix lets the regex engine skip ahead.
+_PARA_SPLIT = re.compile(r"\n\n+")
 
 
 def split_paragraphs(text: str) -> list[str]:
@@ -426,7 +426,8 @@ def split_paragraphs(text: str) -> list[str]:
 
 def split_lines(text: str) -> list[str]:
     s = text.strip()
-    return _LINE_SPLIT.split(s) if s else []
+    # Pieces between runs of newlines; the stripped text has none at either end.
+    return [ln for ln in s.split("\n") if ln]
 
 
 def dup_frac(items: list[str]) -> float:
@@ -679,8 +680,8 @@ class DocArrays:
 
     # -- the document left after node filtering ------------------------------------------------
 
-    def keep(self, kept: np.ndarray) -> "KeptText":
-        return KeptText(self, kept)
+    def keep(self, kept: np.ndarray, wanted_n: tuple[int, ...] = ()) -> "KeptText":
+        return KeptText(self, kept, wanted_n)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -694,7 +695,8 @@ class KeptText:
     """Document-level measures of the kept text nodes joined by blank lines (the text
     ``TextStats.joined`` describes), from the document's ``DocArrays``."""
 
-    def __init__(self, arrays: DocArrays, kept: np.ndarray) -> None:
+    def __init__(self, arrays: DocArrays, kept: np.ndarray, wanted_n: tuple[int, ...] = ()) -> None:
+        """``wanted_n``: the word n-gram lengths the checks will ask for, counted together."""
         self.a = arrays
         self.kept = kept
         self.nodes = np.flatnonzero(kept)
@@ -709,7 +711,9 @@ class KeptText:
         self._text: str | None = None
         self._lines: list[str] | None = None
         self._paragraphs: list[str] | None = None
-        self.no_repeat_n: int | None = None  # as ``TextStats.no_repeat_n``
+        self._line_shares: tuple[float, float] | None = None
+        self._counts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._wanted_n: tuple[int, ...] = wanted_n
 
     @property
     def text(self) -> str:
@@ -760,23 +764,97 @@ class KeptText:
         has_alpha = a._get("word_alpha", make)
         return int(has_alpha[self.word_mask].sum()) / int(tokens)
 
+    def _ngram_counts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hash, occurrences of its n-gram) of every word n-gram window, shape (n_words-n+1,)
+        each. All the n the checks use are counted together, in one sort per row of a
+        (n values x windows) array: one pass of numpy calls instead of one per n."""
+        got = self._counts.get(n)
+        if got is None:
+            self._count_ngrams(sorted(set(self._wanted_n) | {n}))
+            got = self._counts[n]
+        return got
+
+    def _count_ngrams(self, ns: list[int]) -> None:
+        m = self.n_words
+        ns = [n for n in ns if n <= m]  # callers ask only for n <= m
+        pw, pinv = _powers(m + 1)
+        prefix = np.zeros(m + 1 + max(ns), dtype=np.uint64)
+        np.cumsum(self.ids * pw[:m], out=prefix[1 : m + 1])
+        pos = np.arange(m)
+        nn = np.array(ns)[:, None]
+        valid = pos[None, :] <= m - nn  # window fits
+        h = (prefix[pos[None, :] + nn] - prefix[pos[None, :]]) * pinv[:m][None, :]
+        # Sort (hash, position) packed in one integer: the top bits keep the hash, the low bits
+        # say where each window was (argsort costs twice a plain sort). Positions past the end
+        # get distinct filler hashes that never repeat.
+        bits = max(1, m.bit_length())
+        h = np.where(valid, h, ~pos.astype(np.uint64))
+        srt = np.sort((h >> np.uint64(bits) << np.uint64(bits)) | pos.astype(np.uint64), axis=1)
+        where = (srt & np.uint64((1 << bits) - 1)).astype(np.int64)
+        srt >>= np.uint64(bits)
+        edge = np.ones((len(ns), m + 1), dtype=bool)
+        np.not_equal(srt[:, 1:], srt[:, :-1], out=edge[:, 1:m])
+        at = np.arange(m + 1)[None, :]
+        start = np.maximum.accumulate(np.where(edge[:, :m], at[:, :m], 0), axis=1)
+        end = np.minimum.accumulate(np.where(edge[:, 1:], at[:, 1:], m)[:, ::-1], axis=1)[:, ::-1]
+        counts = np.empty((len(ns), m), dtype=np.int64)
+        np.put_along_axis(counts, where, end - start, axis=1)
+        for row, n in enumerate(ns):
+            w = m - n + 1
+            self._counts[n] = (h[row, :w], counts[row, :w])
+
     def word_repetition(self, n: int) -> float:
+        """``word_ngram_repetition``: windows whose n-gram repeats, over all windows."""
         if self.n_words < n:
             return 0.0
-        hashes = _window_hashes(self.ids, n)
-        _, counts = _distinct_counts(hashes, np.zeros(len(hashes), dtype=np.int64), 1)
-        return float(counts[counts > 1].sum() / (self.n_words - n + 1))
+        _, counts = self._ngram_counts(n)
+        return int(np.count_nonzero(counts > 1)) / (self.n_words - n + 1)
 
     def top_ngram(self, n: int) -> float:
-        return _top_ngram_frac(self.ids, self.word_len, n, self.text_len)
+        """``top_ngram_char_frac``: the first window holding the most frequent n-gram."""
+        if self.n_words < n or self.text_len <= 0:
+            return 0.0
+        _, counts = self._ngram_counts(n)
+        top = int(counts.max())
+        if top < 2:
+            return 0.0
+        at = int(np.argmax(counts == top))  # the first one seen
+        length = int(self.word_len[at : at + n].sum()) + n - 1
+        return min(1.0, length * top / self.text_len)
 
     def dup_ngram(self, n: int) -> float:
-        if self.no_repeat_n is not None and n > self.no_repeat_n:
+        """``dup_ngram_char_frac``: the left-to-right scan over windows whose n-gram repeats."""
+        if self.n_words < n or self.text_len <= 0:
             return 0.0
-        v = _dup_ngram_frac(self.ids, self.word_len, n, self.text_len)
-        if v == 0.0:
-            self.no_repeat_n = n if self.no_repeat_n is None else min(self.no_repeat_n, n)
-        return v
+        all_hashes, counts = self._ngram_counts(n)
+        repeated_at = np.flatnonzero(counts > 1)
+        if not len(repeated_at):
+            return 0.0
+        hashes = all_hashes[repeated_at]
+        lengths = _ngram_char_lengths(self.word_len, n)
+        seen: set[int] = set()
+        repeated, nxt = 0, 0
+        for pos, h in zip(repeated_at.tolist(), hashes.tolist()):
+            if pos < nxt:
+                continue
+            if h in seen:
+                repeated += int(lengths[pos])
+                nxt = pos + n
+            else:
+                seen.add(h)
+        return min(1.0, repeated / self.text_len)
+
+    def line_shares(self) -> tuple[float, float]:
+        """(``bullet_lines_ratio``, ``ellipsis_lines_ratio``) from one pass over the lines."""
+        if self._line_shares is None:
+            lines = [s for s in (ln.strip() for ln in self.text.splitlines()) if s]
+            if not lines:
+                self._line_shares = (0.0, 0.0)
+            else:
+                bullets = sum(1 for s in lines if s[0] in "•-*·‣◦▪")
+                ellipses = sum(1 for s in lines if s.endswith(("...", "…")))
+                self._line_shares = (bullets / len(lines), ellipses / len(lines))
+        return self._line_shares
 
 
 def _node_tokens(a: DocArrays) -> np.ndarray:
@@ -983,12 +1061,12 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
             lambda s: symbol_word_ratio(s.text, s.n_words),
             lambda k: symbol_word_ratio(k.text, k.n_words),
         ),
-        ("gopher_max_bullet_lines_ratio", "max", lambda s: bullet_lines_ratio(s.text), lambda k: bullet_lines_ratio(k.text)),
+        ("gopher_max_bullet_lines_ratio", "max", lambda s: bullet_lines_ratio(s.text), lambda k: k.line_shares()[0]),
         (
             "gopher_max_ellipsis_lines_ratio",
             "max",
             lambda s: ellipsis_lines_ratio(s.text),
-            lambda k: ellipsis_lines_ratio(k.text),
+            lambda k: k.line_shares()[1],
         ),
         (
             "gopher_min_alpha_words_ratio",
@@ -1185,7 +1263,10 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
 
     kept = dataclasses.replace(doc, nodes=nodes, language=lang, language_score=round(score, 4))
     kept_mask = np.fromiter((f is None for f in failures), dtype=bool, count=len(failures))
-    failed = doc_failure(doc_cs, arrays.keep(kept_mask))
+    wanted_n = {*(tf.gopher_top_ngram_char_frac or {}), *(tf.gopher_dup_ngram_char_frac or {})}
+    if tf.doc_max_word_repetition is not None:
+        wanted_n.add(5)
+    failed = doc_failure(doc_cs, arrays.keep(kept_mask, tuple(wanted_n)))
     if failed:
         rejects.append(reject(failed[0].name, detail(failed[0], failed[1])))
         return None, rejects
