@@ -15,7 +15,8 @@ Survivor rule: in a cluster (or an image-set group) the document with the longes
 ties broken by the smallest ``doc_id``; this is the order of ``rank`` below. Label propagation
 runs a fixed number of rounds (``minhash_cluster_rounds``); a cluster wider than that in hops may
 keep more than one document, but never loses all of them (its best member always keeps its own
-label).
+label). The counter ``dedup.cluster_labels_unsettled`` counts labels that still changed in the
+last round: 0 means every cluster was resolved completely.
 """
 from __future__ import annotations
 
@@ -160,6 +161,17 @@ def _spread_label(item: tuple[Rank, dict[str, list[Any]]]) -> Iterator[tuple[Ran
         yield u, label
 
 
+class _CountUnsettled(beam.DoFn):
+    def __init__(self) -> None:
+        self.unsettled = Metrics.counter("m3w", "dedup.cluster_labels_unsettled")
+
+    def process(self, item: tuple[Rank, dict[str, list[Rank]]]) -> Iterator[None]:
+        _, grouped = item
+        if grouped["before"] != grouped["after"]:
+            self.unsettled.inc()
+        return iter(())
+
+
 class ClusterNearDuplicates(beam.PTransform):
     """PCollection[(doc_id, DocSummary)] → PCollection[(doc_id, Drop)] for every document of a
     MinHash-LSH cluster except the cluster's best (smallest-rank) member."""
@@ -179,13 +191,22 @@ class ClusterNearDuplicates(beam.PTransform):
         # Round 0: every node starts as its own label; each round takes the minimum over neighbours.
         labels = edges | "InitialLabels" >> beam.Map(lambda e: (e[0], e[0])) | "InitialMin" >> beam.CombinePerKey(min)
         adjacency = edges | "AdjacencyByTarget" >> beam.Map(lambda e: (e[1], e[0]))
+        previous = labels
         for r in range(self.rounds):
+            previous = labels
             labels = (
                 {"adj": adjacency, "label": labels}
                 | f"JoinLabels{r}" >> beam.CoGroupByKey()
                 | f"SpreadLabels{r}" >> beam.FlatMap(_spread_label)
                 | f"MinLabel{r}" >> beam.CombinePerKey(min)
             )
+        # Labels that still moved in the last round: their clusters are wider than the rounds
+        # reach and may keep extra survivors (raise minhash_cluster_rounds when this is not 0).
+        _ = (
+            {"before": previous, "after": labels}
+            | "JoinLastRounds" >> beam.CoGroupByKey()
+            | "CountUnsettledLabels" >> beam.ParDo(_CountUnsettled())
+        )
         return (
             labels
             | "NotOwnLabel" >> beam.Filter(lambda kv: kv[0] != kv[1])

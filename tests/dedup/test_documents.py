@@ -6,6 +6,7 @@ import json
 import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -113,9 +114,13 @@ def test_clusters_follow_chains_of_candidate_pairs():
     keys = {"a": [b"1"], "b": [b"1", b"2"], "c": [b"2", b"3"], "d": [b"3"], "e": [b"9"]}
     ranks = {"a": (-50, "a"), "b": (-90, "b"), "c": (-70, "c"), "d": (-10, "d"), "e": (-5, "e")}
     summaries = [(k, DocSummary(k, ranks[k], "x", v)) for k, v in keys.items()]
-    with TestPipeline() as p:
-        drops = p | beam.Create(summaries) | ClusterNearDuplicates(rounds=4)
-        assert_that(
-            drops | beam.Map(lambda kv: (kv[0], kv[1].reason, kv[1].survivor)),
-            equal_to([(x, "near_duplicate", "b") for x in ("a", "c", "d")]),
-        )
+    p = TestPipeline()
+    drops = p | beam.Create(summaries) | ClusterNearDuplicates(rounds=4)
+    assert_that(
+        drops | beam.Map(lambda kv: (kv[0], kv[1].reason, kv[1].survivor)),
+        equal_to([(x, "near_duplicate", "b") for x in ("a", "c", "d")]),
+    )
+    result = p.run()
+    result.wait_until_finish()
+    unsettled = result.metrics().query(MetricsFilter().with_name("dedup.cluster_labels_unsettled"))["counters"]
+    assert sum(c.committed for c in unsettled) == 0  # 4 rounds reach every node of the chain
