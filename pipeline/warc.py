@@ -4,7 +4,8 @@
 ``LimitsConfig.max_record_bytes``) and yields, in file order,
 
 * ``Page`` for each HTTP 200 ``text/html`` / ``application/xhtml+xml`` response (and HTML
-  ``resource`` records), body decoded to text;
+  ``resource`` records), holding the raw body, which is resolved and decoded to text
+  (``decode_html``) on first access of ``Page.html``;
 * ``ImageRecord`` for each HTTP 200 image response or ``resource`` record holding an image
   (``image/*`` Content-Type, or image bytes behind another type);
 * ``Reject(stage="read")`` for every response, resource or revisit record that is not kept, and for
@@ -15,8 +16,9 @@ Records that never carry page content (``warcinfo``, ``request``, ``metadata``, 
 are most of a crawl's records and nothing in them could become a document.
 
 FastWARC is the fast path. warcio reads what FastWARC cannot: ARC files, WARCs whose header lines
-end in a bare LF, and the rest of a file from the last record FastWARC returned (which gives that
-record's exact length and names the damage where FastWARC stops). After damage, a seekable file is
+end in a bare LF, and the rest of a file from the last record FastWARC returned when FastWARC
+stops with an error or its last record does not end the file whole (which gives that record's
+exact length and names the damage where FastWARC stops). After damage, a seekable file is
 read on from the next gzip member or header line that starts a record, so one bad stretch costs
 the records in it and not the rest of the file. Per-record gzip offsets are those of the gzip
 member; for a whole-file gzip WARC they are offsets into the decompressed stream.
