@@ -128,7 +128,7 @@ def read_wds_documents(path: str, stats: collections.Counter | None = None) -> I
         by_pos: dict[int, bytes] = {}
         for suffix, value in sample.items():
             head, _, ext = suffix.partition(".")
-            if head.isdigit() and ext in IMAGE_EXTS:
+            if head.isdigit() and ext:  # any extension: the bytes decide (the pipeline writes .bin for unknown formats)
                 by_pos[int(head)] = value
         texts = [n.get("text") if n["type"] == "text" else None for n in nodes]
         images = [by_pos.get(i) if n["type"] == "image" else None for i, n in enumerate(nodes)]
@@ -206,40 +206,18 @@ def write_wds_shard(path: str, docs: Iterable[Any]) -> int:
             for i, node in enumerate(doc.nodes):
                 if isinstance(node, ImageNode) and node.data is not None:
                     ext = {"jpeg": "jpg"}.get(node.format or "jpeg", node.format or "jpg")
-                    _tar_add(tar, f"{doc.doc_id}.{i}.{ext}", node.data)
+                    _tar_add(tar, f"{doc.doc_id}.{i:04d}.{ext}", node.data)
             n += 1
     return n
 
 
 def write_parquet_shard(path: str, docs: Iterable[Any]) -> int:
-    """Write documents as a Parquet shard with the OBELICS-style columns plus ``image_bytes``."""
-    from schemas.document import ImageNode, to_json
+    """Write documents as a Parquet shard with the pipeline's Arrow schema (``schemas.arrow``)."""
+    from schemas.arrow import ARROW_SCHEMA, to_row
 
-    rows: dict[str, list] = {k: [] for k in ("doc_id", "url", "texts", "images", "metadata", "general_metadata", "image_bytes")}
-    for doc in docs:
-        j = to_json(doc)
-        rows["doc_id"].append(doc.doc_id)
-        rows["url"].append(doc.url)
-        rows["texts"].append(j["texts"])
-        rows["images"].append(j["images"])
-        rows["metadata"].append(json.dumps([n if n["type"] == "image" else None for n in j["nodes"]]))
-        rows["general_metadata"].append(
-            json.dumps({k: j[k] for k in ("url", "title", "language", "language_score", "provenance")})
-        )
-        rows["image_bytes"].append([n.data if isinstance(n, ImageNode) else None for n in doc.nodes])
-    schema = pa.schema(
-        [
-            ("doc_id", pa.string()),
-            ("url", pa.string()),
-            ("texts", pa.list_(pa.string())),
-            ("images", pa.list_(pa.string())),
-            ("metadata", pa.string()),
-            ("general_metadata", pa.string()),
-            ("image_bytes", pa.list_(pa.binary())),
-        ]
-    )
-    pq.write_table(pa.table(rows, schema=schema), path)
-    return len(rows["doc_id"])
+    rows = [to_row(d) for d in docs]
+    pq.write_table(pa.Table.from_pylist(rows, schema=ARROW_SCHEMA), path)
+    return len(rows)
 
 
 def write_pair_shard(path: str, pairs: Iterable[tuple[str, bytes, str]]) -> int:
