@@ -172,3 +172,24 @@ def test_tokenizer_command_trains_a_bpe_on_the_shards(corpus, tmp_path, capsys):
     tok = load_tokenizer(out)
     assert tok.vocab_size <= 500 and tok.decode(tok.encode(" simple game")) == " simple game"
     assert "<image>" in capsys.readouterr().err
+
+
+def test_shards_written_by_the_pipeline_load_into_batches(tmp_path, tok):
+    """The contract with `build-m3w`: its own shard writers' output feeds the trainer."""
+    from pipeline.shards import write_parquet, write_wds
+
+    docs = make_documents(6)
+    with open(tmp_path / "p.tar", "wb") as f:
+        write_wds(f, docs)
+    with open(tmp_path / "p.parquet", "wb") as f:
+        write_parquet(f, docs)
+    wds = {d["key"]: d for d in read_wds_documents(str(tmp_path / "p.tar"))}
+    pq = {d["key"]: d for d in read_parquet_documents(str(tmp_path / "p.parquet"))}
+    for doc in docs:
+        expected = [getattr(n, "data", None) for n in doc.nodes]
+        assert wds[doc.doc_id]["images"] == pq[doc.doc_id]["images"] == expected
+        assert wds[doc.doc_id]["texts"] == pq[doc.doc_id]["texts"] == doc.texts
+    cfg = DataConfig(image_size=16, max_tokens=64, shuffle_buffer=0, workers=1)
+    for f in ("p.tar", "p.parquet"):
+        batch = next(iter(Loader([str(tmp_path / f)], "interleaved", tok, 2, cfg)))
+        assert batch["num_images"].min() >= 1 and batch["images"].any()
