@@ -1,10 +1,12 @@
 """CPU cost of process_image (decode + filter + resize + re-encode + hashes) on the real photos.
 
-Anchor, in the same process on the same bytes: a bare Pillow loop that opens and fully decodes
-each image (``Image.open(...).load()``), nothing else. Optionally a second version of
-pipeline/images.py (``--baseline FILE``, e.g. an older commit) runs beside the current one.
+Anchors, in the same process on the same bytes: a bare Pillow loop that opens and fully decodes
+each image (``Image.open(...).load()``), and a bare OpenCV decode (``cv2.imdecode``, full size;
+only where opencv-python-headless is installed), nothing else. Optionally other versions of
+pipeline/images.py (``--baseline FILE``, repeatable, e.g. an older commit) run beside the current
+one, and their stored pixels are compared with the current ones (PSNR).
 
-    .venv/bin/python -m benchmarks.images [--rounds 15] [--baseline /tmp/images_before.py]
+    .venv/bin/python -m benchmarks.images [--rounds 15] [--baseline /tmp/images_before.py ...]
     # before/after: git show <commit>:pipeline/images.py > /tmp/images_before.py
 
 The machine may be shared, so wall time says little: every call is timed in CPU time of this
@@ -24,7 +26,13 @@ import statistics
 import sys
 import time
 
+import numpy as np
 from PIL import Image
+
+try:  # optional anchor: OpenCV is not a pipeline dependency (see docs/bench/images.md)
+    import cv2
+except ImportError:
+    cv2 = None
 
 from pipeline.config import ImageConfig
 from pipeline.images import ImageRejected, process_image
@@ -78,8 +86,8 @@ def group_of(data: bytes, target: int | None) -> str:
     return f"{fmt} {'>' if big else '<='} {target} px"
 
 
-def _load_module(path: str):
-    spec = importlib.util.spec_from_file_location("images_baseline", path)
+def _load_module(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
@@ -89,7 +97,7 @@ def _load_module(path: str):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15, help="timed calls per image and variant (median kept)")
-    ap.add_argument("--baseline", help="another pipeline/images.py to time beside the current one")
+    ap.add_argument("--baseline", action="append", default=[], help="another pipeline/images.py to time beside the current one (repeatable)")
     args = ap.parse_args(argv)
     photos = load_photos()
     if not photos:
@@ -108,10 +116,18 @@ def main(argv=None) -> None:
 
         return run
 
+    def bare_cv2(data):
+        cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+
     variants = {"bare Pillow decode": bare}
-    if args.baseline:
-        base = _load_module(args.baseline)
-        variants["baseline process_image"] = caller(base.process_image, base.ImageRejected)
+    if cv2 is not None:
+        cv2.setNumThreads(1)  # CPU time per image, as for the single-threaded Pillow calls
+        variants["bare cv2 decode"] = bare_cv2
+    bases = []
+    for j, path in enumerate(args.baseline):
+        base = _load_module(path, f"images_baseline{j}")
+        bases.append((os.path.basename(path), base))
+        variants[f"{os.path.basename(path)} process_image"] = caller(base.process_image, base.ImageRejected)
     variants["process_image"] = caller(process_image, ImageRejected)
 
     web = web_size_jpegs()
@@ -178,6 +194,28 @@ def main(argv=None) -> None:
         dists.append(imagehash.hex_to_hash(p.phash) - imagehash.phash(stored))
     print(f"stored pHash vs imagehash.phash(stored image): max {max(dists)} bits, mean {statistics.mean(float(d) for d in dists):.2f} "
           f"over {len(dists)} images")
+
+    # Stored pixels against each baseline's stored pixels (same size only), for resized images.
+    for label, base in bases:
+        worst = []
+        for name, data in photos:
+            try:
+                a, b = process_image(data, "http://bench.example/x", cfg), base.process_image(data, "http://bench.example/x", cfg)
+            except (ImageRejected, base.ImageRejected):
+                continue
+            if a.data == b.data:
+                continue
+            x = np.asarray(Image.open(io.BytesIO(a.data)).convert("RGB"), np.float64)
+            y = np.asarray(Image.open(io.BytesIO(b.data)).convert("RGB"), np.float64)
+            if x.shape != y.shape:
+                print(f"  {name}: stored size differs from {label}: {x.shape} vs {y.shape}")
+                continue
+            mse = float(np.mean((x - y) ** 2))
+            worst.append((99.0 if mse == 0 else 10 * np.log10(255**2 / mse), name))
+        if worst:
+            worst.sort()
+            print(f"stored pixels vs {label}: {len(worst)} images differ, PSNR min {worst[0][0]:.1f} dB ({worst[0][1]}), "
+                  f"mean {statistics.mean(p for p, _ in worst):.1f} dB")
 
 
 if __name__ == "__main__":
