@@ -187,6 +187,11 @@ class DecontaminationConfig:
     feature: str = "phash256"  # "phash64" | "phash256" (the index must hold it: build-m3w eval-index --feature)
     max_hamming_distance: int = 56  # of `feature`; targets met for 42-81, first false pair at 64
     trim_borders: bool = True  # also search each bordered/letterboxed image without its border
+    # Dense embeddings as Flamingo did (nearest neighbours over visual features): "thumbnail16"
+    # (built in, no weights) or "package.module:factory" called with embedder_weights (a local path).
+    embedder: str | None = None  # None: perceptual hashes only
+    embedder_weights: str | None = None
+    min_cosine: float = 0.95  # not calibrated: set it from your embedder's own positives/negatives
     drop: str = "image"  # "image" | "document"
 
 

@@ -157,3 +157,30 @@ def test_dense_embedder_finds_the_same_photo_by_cosine():
     sim, sets, ids = again.search_dense(q, emb.name)
     assert ids == ["chelsea.png"] and sim[0] > 0.95
     assert np.isclose(np.linalg.norm(q), 1.0)
+
+
+def test_dense_embedder_path_matches_what_hashes_miss(tmp_path, planted_docs):
+    from dedup.decontaminate import _DecontaminateFn
+
+    sk = shared_path("images", "skimage_data_photos")
+    folder = tmp_path / "evalset"
+    folder.mkdir()
+    for name in EVAL:
+        Image.open(sk / name).convert("RGB").save(folder / (name.rsplit(".", 1)[0] + ".png"))
+    path = str(tmp_path / "dense.npz")
+    assert main(["--images", str(folder), "--name", "skimage-eval", "--output", path, "--embedder", "thumbnail16"]) == 0
+    # Hash matching off (no distance is negative): every match comes from the embedder.
+    cfg = DecontaminationConfig(index=path, max_hamming_distance=-1, embedder="thumbnail16", min_cosine=0.95)
+    fn = _DecontaminateFn(path, cfg)
+    fn.setup()
+    docs, _ = planted_docs
+    matches = []
+    for doc in docs:
+        for out in fn.process(copy.deepcopy(doc)):
+            if isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "matches":
+                matches.append(out.value)
+    found = {(m["image_url"].rsplit("/", 1)[-1], m["eval_image_id"], m["feature"]) for m in matches}
+    # Resized and recompressed copies keep their thumbnail; nothing unrelated comes close.
+    assert ("astronaut-small.jpg", "astronaut.png", "thumbnail16") in found
+    assert ("coffee-q30.jpg", "coffee.png", "thumbnail16") in found
+    assert all(name.split("-")[0] == eval_id.split(".")[0] for name, eval_id, _ in found)
