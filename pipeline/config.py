@@ -169,7 +169,7 @@ class DedupConfig:
     # caught with p = 0.92, at 0.9 with p > 0.999, at 0.5 with p = 0.05 (docs/bench/dedup.md)
     minhash_bands: int = 14
     minhash_rows: int = 8
-    minhash_seed: int = 1  # permutations of the signature; change it and every signature changes
+    minhash_seed: int = 1  # salt of the shingle hashes; change it and every signature changes
     minhash_batch_size: int = 256  # documents per vectorised signature batch
     minhash_cluster_rounds: int = 4  # min-label propagation rounds over LSH star edges (cluster hops reached)
     paragraph_max_per_domain: int | None = 2  # OBELICS: a paragraph seen > 2 times in a domain is removed
