@@ -382,7 +382,7 @@ def _clean_uri(uri: str) -> str:
 # Raw records, as the two backends see them
 
 
-@dataclass
+@dataclass(slots=True)
 class _Raw:
     """One WARC record's headers and (for content records) its bytes, read before the reader moves on."""
 
@@ -850,7 +850,6 @@ class _FileReader:
             kind = "image"  # image bytes behind a wrong type (text/plain, application/x-...)
         else:
             return self._reject("not_html_or_image", prov, url, mime or "no content type")
-        limit = {"html": self.limits.max_html_bytes, "image": self.limits.max_image_bytes}.get(kind, self.limits.max_record_bytes)
         if chunked:
             try:
                 body = decode_chunked(bytes(body), self.limits.max_record_bytes)
@@ -861,6 +860,7 @@ class _FileReader:
             except OverflowError:
                 return self._reject("record_too_large", prov, url, "chunked body over max_record_bytes")
         if encoding:
+            limit = {"html": self.limits.max_html_bytes, "image": self.limits.max_image_bytes}.get(kind, self.limits.max_record_bytes)
             try:
                 body = decode_content(bytes(body), encoding, limit)
             except OverflowError:
