@@ -225,6 +225,10 @@ def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
         return (prefix[n:] - prefix[: m - n + 1]) * pinv[: m - n + 1]
 
 
+def _codepoints_u32(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
 def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64) + np.uint64(1)
 
@@ -236,17 +240,22 @@ def _word_ids(ws: list[str]) -> np.ndarray:
 
 def _distinct_counts(hashes: np.ndarray, tags: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """(group, count) per distinct (group, hash) pair, one sort; ``tags`` are group indices."""
-    if not len(hashes):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys, counts, bits = _distinct_keys(hashes, tags, n_groups)
+    return (keys & np.uint64((1 << bits) - 1)).astype(np.int64), counts
+
+
+def _distinct_keys(hashes: np.ndarray, tags: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(sorted distinct keys ``hash << bits | group``, their counts, bits)."""
     bits = max(1, (n_groups - 1).bit_length())
+    if not len(hashes):
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64), bits
     keys = (hashes << np.uint64(bits)) | tags.astype(np.uint64)
     keys.sort()
     first = np.empty(len(keys), dtype=bool)
     first[0] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
     at = np.flatnonzero(first)
-    counts = np.diff(at, append=len(keys))
-    return (keys[at] & np.uint64((1 << bits) - 1)).astype(np.int64), counts
+    return keys[at], np.diff(at, append=len(keys)), bits
 
 
 def _grouped_ngram_counts(hashes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -656,7 +665,9 @@ class DocArrays:
             return out
         hashes = self._get(("char_windows", n), lambda: _window_hashes(self.cps.astype(np.uint64) + np.uint64(1), n))
         group, pos = _range_index(self.starts[sel], self.starts[sel] + self.lens[sel] - n + 1)
-        tag, counts = _distinct_counts(hashes[pos], group, len(sel))
+        keys, counts, bits = _distinct_keys(hashes[pos], group, len(sel))
+        self._cache[("char_keys", n)] = (sel, keys, counts, bits)  # reused by KeptText.char_repetition
+        tag = (keys & np.uint64((1 << bits) - 1)).astype(np.int64)
         top = _top_sqrt_counts(tag, counts, len(sel))
         out[ok] = top / (self.lens[sel] - n + 1)
         return out
@@ -843,6 +854,44 @@ class KeptText:
             else:
                 seen.add(h)
         return min(1.0, repeated / self.text_len)
+
+    def char_repetition(self, n: int) -> float:
+        """``char_ngram_repetition`` of the kept text. The node check already counted the n-grams
+        inside every kept node; only windows reaching across a blank-line separator are new."""
+        a, L = self.a, self.text_len
+        got = a._cache.get(("char_keys", n))
+        if got is None or L < n:
+            return char_ngram_repetition(self.text, n)
+        sel, keys, counts, bits = got
+        low = np.uint64((1 << bits) - 1)
+        inside = self.kept[sel[(keys & low).astype(np.int64)]]
+        hashes, counts = keys[inside] >> np.uint64(bits), counts[inside]  # still sorted by hash
+        # Window starts not inside one node: the last n-1 characters of each kept node and the
+        # separator after it (all of a node shorter than n), where a whole window still fits.
+        lens = a.lens[self.nodes]
+        kstart = np.cumsum(lens + 2) - (lens + 2)
+        lo = np.maximum(kstart, kstart + lens - (n - 1))
+        cross = np.concatenate([np.arange(x, y) for x, y in zip(lo.tolist(), np.minimum(kstart + lens + 2, L - n + 1).tolist())])
+        if len(cross):
+            cps = a.cps if self.kept.all() else _codepoints_u32(self.text)
+            win = cps[cross[:, None] + np.arange(n)].astype(np.uint64) + np.uint64(1)
+            pw, _ = _powers(n)
+            ch = (win * pw[None, :]).sum(axis=1, dtype=np.uint64) & (np.uint64(2**64 - 1) >> np.uint64(bits))
+            ch.sort()
+            at = np.searchsorted(hashes, ch)
+            hashes = np.insert(hashes, at, ch)
+            counts = np.insert(counts, at, 1)
+        if not len(hashes):
+            return 0.0
+        first = np.empty(len(hashes), dtype=bool)
+        first[0] = True
+        np.not_equal(hashes[1:], hashes[:-1], out=first[1:])
+        totals = np.add.reduceat(counts, np.flatnonzero(first))
+        k = min(int(np.sqrt(len(totals))), int(np.count_nonzero(totals > 1)))
+        if k <= 0:
+            return 0.0
+        top = np.sort(totals[totals > 1])[::-1][:k].sum()
+        return float(top / (L - n + 1))
 
     def line_shares(self) -> tuple[float, float]:
         """(``bullet_lines_ratio``, ``ellipsis_lines_ratio``) from one pass over the lines."""
@@ -1089,7 +1138,7 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
             lambda k: dup_char_frac(k.lines, k.text_len),
         ),
         ("doc_max_word_repetition", "max", lambda s: word_ngram_repetition(s.words, 5), lambda k: k.word_repetition(5)),
-        ("doc_max_char_repetition", "max", lambda s: char_ngram_repetition(s.text, 10), lambda k: char_ngram_repetition(k.text, 10)),
+        ("doc_max_char_repetition", "max", lambda s: char_ngram_repetition(s.text, 10), lambda k: k.char_repetition(10)),
     ]
     checks = [Check(k, b, getattr(tf, k), m, fast=f) for k, b, m, f in spec if getattr(tf, k) is not None]
     for n, frac in sorted((tf.gopher_top_ngram_char_frac or {}).items()):
