@@ -29,7 +29,7 @@ from schemas.document import Document, ImageNode, Node, TextNode
 
 STAGE = "extract"
 # Why a page yields no document (counter ``extract.dropped_<reason>``, Reject.reason).
-DROP_REASONS = ("html_too_large", "parse_timeout", "no_content", "parse_error")
+DROP_REASONS = ("html_too_large", "parse_timeout", "no_content", "parse_error", "hostile_markup")
 
 
 class ExtractionError(Exception):
@@ -707,6 +707,40 @@ def _html_too_large(html: str, limit: int | None) -> bool:
     return len(html) > limit or len(html.encode("utf-8", "surrogatepass")) > limit
 
 
+# lexbor's parse is superlinear in nesting depth and in attributes per element (60,000 nested
+# <div>s or one tag with 50,000 attributes: ~25 s) and cannot be interrupted, so such markup is
+# refused before parsing. Ordinary pages have a few thousand tags and no '=' storm: one C-level
+# count each screens them out, and only the rest pay for the tag scan.
+_SUSPICIOUS_TAGS = 20_000
+_SUSPICIOUS_EQUALS = 50_000
+_MAX_TAG_CHARS = 65_536  # one start tag longer than this (~6,000 attributes) is an attack, not a page
+_MAX_SCAN_DEPTH = 4_096  # nesting that lexbor parses in well under a second; deeper is refused
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)[^>]*?(/?)>")
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+# Elements whose end tag HTML implies (a new <li> closes the open one): they never nest by themselves.
+_IMPLIED_END = frozenset("p li dt dd tr td th option optgroup thead tbody tfoot colgroup rb rt rp".split())
+
+
+def hostile_markup(html: str) -> str | None:
+    """Why ``html`` would stall the parser (``None`` for ordinary pages)."""
+    if html.count("<") < _SUSPICIOUS_TAGS and html.count("=") < _SUSPICIOUS_EQUALS:
+        return None
+    depth = deepest = 0
+    for m in _TAG.finditer(html):
+        if m.end() - m.start() > _MAX_TAG_CHARS:
+            return f"a tag of {m.end() - m.start():,} characters"
+        if m.group(1):
+            if m.group(2).lower() not in _IMPLIED_END:
+                depth = max(0, depth - 1)
+        elif not m.group(3) and m.group(2).lower() not in _VOID and m.group(2).lower() not in _IMPLIED_END:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > _MAX_SCAN_DEPTH:
+                    return f"nesting deeper than {_MAX_SCAN_DEPTH:,}"
+    return None
+
+
 def extract_nodes(
     html: str, base_url: str, cfg: ExtractConfig = ExtractConfig(), limits: LimitsConfig = LimitsConfig()
 ) -> tuple[list[Node], str | None]:
@@ -717,6 +751,9 @@ def extract_nodes(
     """
     if _html_too_large(html, limits.max_html_bytes):
         raise ExtractionError("html_too_large", f"{len(html)} characters")
+    hostile = hostile_markup(html)
+    if hostile:
+        raise ExtractionError("hostile_markup", hostile)
     tree = LexborHTMLParser(html)
     title = None
     head = tree.head or tree.root  # the parser moves <title> and <base> into <head>
