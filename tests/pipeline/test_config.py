@@ -45,3 +45,13 @@ def test_mistakes_give_one_line_errors(tmp_path, text, fragment):
 def test_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="pass an existing file to --config"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_every_key_of_the_defaults_file_says_what_it_is_and_docs_are_current():
+    from pipeline.config_doc import config_markdown
+    from tests.conftest import REPO
+
+    doc = config_markdown()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    assert rows and not [r for r in rows if r.rstrip().endswith("|  |")], "uncommented keys in pipeline/m3w.yaml"
+    assert (REPO / "docs" / "CONFIG.md").read_text(encoding="utf-8") == doc, "run: python -m pipeline.config_doc > docs/CONFIG.md"
