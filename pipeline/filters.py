@@ -111,9 +111,12 @@ def _char_tables() -> tuple[np.ndarray, np.ndarray]:
     return special, space
 
 
-def _char_flags(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(special, whitespace) per code point; the rare astral ones are looked up one by one."""
+def _char_flags(cps: np.ndarray, bmp_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(special, whitespace) per code point; the rare astral ones are looked up one by one.
+    ``bmp_only``: the caller knows every code point is below 0x10000."""
     special_t, space_t = _char_tables()
+    if bmp_only:
+        return special_t[cps], space_t[cps]
     bmp = np.minimum(cps, 0xFFFF)
     special, space = special_t[bmp], space_t[bmp]
     astral = np.flatnonzero(cps > 0xFFFF)
@@ -275,9 +278,9 @@ def _top_sqrt_counts(tag: np.ndarray, counts: np.ndarray, n_groups: int) -> np.n
     k = np.minimum(np.sqrt(distinct).astype(np.int64), repeated)
     if not k.any():
         return np.zeros(n_groups)
-    rt, rc = tag[repeated_mask], counts[repeated_mask]
-    order = np.lexsort((-rc, rt))
-    rt, rc = rt[order], rc[order]
+    # Group ascending, count descending: one plain sort of (group, 2^32 - 1 - count) packed.
+    packed = np.sort((tag[repeated_mask] << 32) | (0xFFFFFFFF - counts[repeated_mask]))
+    rt, rc = packed >> 32, 0xFFFFFFFF - (packed & 0xFFFFFFFF)
     rank = np.arange(len(rt)) - np.searchsorted(rt, rt)
     sel = rank < k[rt]
     return np.bincount(rt[sel], weights=rc[sel], minlength=n_groups)
@@ -541,19 +544,28 @@ def _string_word_id(word: str) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _vocabulary_ids(vocabulary: frozenset[str]) -> np.ndarray:
-    """Sorted word ids of a word list (stop words, flagged words)."""
-    ids = np.array([_string_word_id(w) for w in vocabulary], dtype=np.uint64)
-    return np.unique(_mix64(ids))
+def _vocabulary_table(vocabulary: frozenset[str]) -> tuple[np.ndarray, np.uint64, np.uint64]:
+    """A collision-free hash table of a word list's ids: (slots, multiplier, shift). A word id
+    ``x`` is in the list exactly when ``slots[(x * multiplier) >> shift] == x``: one gather per
+    word instead of a binary search. Empty slots hold 0, which no word id equals in practice
+    (a mixed 64-bit hash)."""
+    ids = np.unique(_mix64(np.array([_string_word_id(w) for w in vocabulary], dtype=np.uint64)))
+    bits = max(8, (4 * len(ids)).bit_length() + 4)
+    rng = np.random.default_rng(0)
+    while True:
+        mult = np.uint64(int(rng.integers(1, 2**63)) * 2 + 1)
+        slot = (ids * mult) >> np.uint64(64 - bits)
+        if len(np.unique(slot)) == len(ids):
+            break
+        bits += 1
+    slots = np.zeros(1 << bits, dtype=np.uint64)
+    slots[slot.astype(np.int64)] = ids
+    return slots, mult, np.uint64(64 - bits)
 
 
 def _in_vocabulary(ids: np.ndarray, vocabulary: frozenset[str]) -> np.ndarray:
-    known = _vocabulary_ids(vocabulary)
-    if not len(known):
-        return np.zeros(len(ids), dtype=bool)
-    at = np.searchsorted(known, ids)
-    at[at == len(known)] = 0
-    return known[at] == ids
+    slots, mult, shift = _vocabulary_table(vocabulary)
+    return slots[((ids * mult) >> shift).astype(np.intp)] == ids
 
 
 def _range_index(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -581,10 +593,11 @@ class DocArrays:
         self.starts = np.cumsum(self.lens + 2) - (self.lens + 2)
         self.joined = "\n\n".join(texts)
         self.cps = np.frombuffer(self.joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        self.special, self.space = _char_flags(self.cps)
+        bmp = not len(self.cps) or int(self.cps.max()) < 0x10000
+        self.special, self.space = _char_flags(self.cps, bmp)
 
         low = None
-        if len(self.cps) and int(self.cps.max()) < 0x10000:
+        if len(self.cps) and bmp:
             low = _lower_table()[self.cps]
             if int(low.max()) == int(_NOT_SIMPLE):
                 low = None
@@ -643,6 +656,23 @@ class DocArrays:
 
         return self._get("special", make)
 
+    def word_has_alpha(self) -> np.ndarray:
+        """Whether each word has a letter. Nearly every word starts with one; the few others are
+        searched character by character."""
+
+        def make():
+            has = _alpha_flags(self.low[self.word_start])
+            rest = np.flatnonzero(~has)
+            if len(rest) > 64:
+                cum = np.zeros(len(self.low) + 1, dtype=np.int64)
+                np.cumsum(_alpha_flags(self.low), out=cum[1:])
+                return cum[self.word_end] > cum[self.word_start]
+            for i in rest.tolist():
+                has[i] = _alpha_flags(self.low[self.word_start[i] : self.word_end[i]]).any()
+            return has
+
+        return self._get("word_alpha", make)
+
     def word_flags(self, vocabulary: frozenset[str]) -> np.ndarray:
         return self._get(("vocab", id(vocabulary)), lambda: _in_vocabulary(self.word_id, vocabulary))
 
@@ -664,8 +694,17 @@ class DocArrays:
         if not len(sel):
             return out
         hashes = self._get(("char_windows", n), lambda: _window_hashes(self.cps.astype(np.uint64) + np.uint64(1), n))
-        group, pos = _range_index(self.starts[sel], self.starts[sel] + self.lens[sel] - n + 1)
-        keys, counts, bits = _distinct_keys(hashes[pos], group, len(sel))
+        # Windows inside the selected nodes: runs of (n-gram windows of a node, the rest) along
+        # the text, marked with np.repeat rather than gathered position by position.
+        inner = self.lens[sel] - n + 1
+        ends = np.append(self.starts[sel], len(hashes))
+        run = np.empty(2 * len(sel) + 1, dtype=np.int64)
+        run[0] = ends[0]
+        run[1::2] = inner
+        run[2::2] = ends[1:] - ends[:-1] - inner
+        take = np.repeat(np.tile(np.array([False, True]), len(sel) + 1)[: len(run)], run)
+        group = np.repeat(np.arange(len(sel)), inner)
+        keys, counts, bits = _distinct_keys(hashes[take], group, len(sel))
         self._cache[("char_keys", n)] = (sel, keys, counts, bits)  # reused by KeptText.char_repetition
         tag = (keys & np.uint64((1 << bits) - 1)).astype(np.int64)
         top = _top_sqrt_counts(tag, counts, len(sel))
@@ -763,17 +802,13 @@ class KeptText:
         """Tokens with a letter over whitespace tokens: a token has a letter exactly when its
         word does (letters are never stripped)."""
         a = self.a
-        tokens = a._get("node_tokens", lambda: _node_tokens(a))[self.nodes].sum()
+        # Tokens never span the blank-line separators: all tokens less those of dropped nodes.
+        tokens = a._get("tokens", lambda: _token_count(a.space))
+        if not self.kept.all():
+            tokens -= sum(len(a.texts[i].split()) for i in np.flatnonzero(~self.kept).tolist())
         if not tokens:
             return 0.0
-
-        def make():
-            cum = np.zeros(len(a.low) + 1, dtype=np.int64)
-            np.cumsum(_alpha_flags(a.low), out=cum[1:])
-            return cum[a.word_end] > cum[a.word_start]
-
-        has_alpha = a._get("word_alpha", make)
-        return int(has_alpha[self.word_mask].sum()) / int(tokens)
+        return int(a.word_has_alpha()[self.word_mask].sum()) / tokens
 
     def _ngram_counts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(hash, occurrences of its n-gram) of every word n-gram window, shape (n_words-n+1,)
@@ -906,15 +941,11 @@ class KeptText:
         return self._line_shares
 
 
-def _node_tokens(a: DocArrays) -> np.ndarray:
-    """Whitespace-separated tokens per node (``len(text.split())``)."""
-    if not len(a.cps):
-        return np.zeros(a.n_nodes, dtype=np.int64)
-    solid = ~a.space
-    start = solid.copy()
-    start[1:] &= a.space[:-1]
-    node = np.searchsorted(a.starts, np.flatnonzero(start), side="right") - 1
-    return np.bincount(node, minlength=a.n_nodes)
+def _token_count(space: np.ndarray) -> int:
+    """``len(text.split())`` from the text's whitespace flags: non-space runs."""
+    if not len(space):
+        return 0
+    return int(not space[0]) + int(np.count_nonzero(space[:-1] > space[1:]))
 
 
 # ---------------------------------------------------------------------------------------------
