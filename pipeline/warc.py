@@ -969,6 +969,7 @@ def _next_record_start(stream, start: int, gz: bool, kind: str = "warc") -> int 
 
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
+_WARC_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*")
 
 
 def _whole_last_record(stream, offset: int) -> int | None:
@@ -992,6 +993,14 @@ def _whole_last_record(stream, offset: int) -> int | None:
             return None
     end = record.find(b"\r\n\r\n", 0, 64 << 10)
     if end < 0 or not record.startswith(b"WARC/"):
+        return None
+    # Only a plain header block counts: anything odd (junk lines, a repeated WARC-Type or
+    # Content-Length) goes to warcio, which names the damage.
+    lines = record[:end].split(b"\r\n")[1:]
+    if not all(_WARC_FIELD.fullmatch(line) for line in lines):
+        return None
+    names = [line.split(b":", 1)[0].lower() for line in lines]
+    if names.count(b"content-length") != 1 or names.count(b"warc-type") != 1:
         return None
     m = _CONTENT_LENGTH.search(record, 0, end + 2)
     if m is None:

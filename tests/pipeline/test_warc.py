@@ -402,3 +402,19 @@ def test_pages_decode_on_first_access_and_pickle_as_the_same_page():
     raw = Page.from_body("http://x.example/", pages[0].provenance, b"<meta charset='koi8-r'><p>\xf0\xd2\xc9\xd7\xc5\xd4</p>")
     assert (raw.html, raw.charset) == ("<meta charset='koi8-r'><p>Привет</p>", "meta:koi8-r")
     assert Page("http://x.example/", pages[0].provenance, "<p>text</p>").html == "<p>text</p>"
+
+
+def test_damage_in_the_last_record_header_is_still_named():
+    # A clean last record is measured from its own header; an odd one is re-read so the damage
+    # gets a reason, as it would anywhere else in the file.
+    data = shared_path("warc", "warcio_test_data", "example.warc").read_bytes()
+    at = data.index(b"\r\n", data.rfind(b"WARC/1.0\r\n")) + 2
+    damaged = data[:at] + b"WARC-Type: \x07junk\r\nContent-Length: -5\r\n" + data[at:]
+    pages, _, rejects, _ = read_all("x.warc", fileobj=io.BytesIO(damaged), filename="x.warc")
+    clean_pages, _, clean_rejects, _ = read_all("x.warc", fileobj=io.BytesIO(data), filename="x.warc")
+    assert [p.url for p in pages] == [p.url for p in clean_pages] == ["http://example.com/"]
+    assert "bad_warc_header" in reasons(rejects) and "bad_warc_header" not in reasons(clean_rejects)
+    # the last record of a clean uncompressed file runs to the end of the file, CRLFCRLF included
+    frogs = shared_path("warc", "ipwb_samples", "frogTest.warc")
+    _, (frog,), _, _ = read_all(frogs)
+    assert frog.provenance.warc_record_offset + frog.provenance.warc_record_length == frogs.stat().st_size
