@@ -491,24 +491,23 @@ def url_substring_blocked(url: str, substrings: Iterable[str]) -> str | None:
 # and on arbitrary Unicode.
 
 _CHAR_BASE = np.uint64(0xC2B2AE3D27D4EB4F)  # odd; a different base from the n-gram hash
-_NOT_SIMPLE = np.uint32(0xFFFFFFFF)
 
 
 @functools.lru_cache(maxsize=1)
 def _lower_table() -> np.ndarray:
-    """For every BMP code point, its lower-case code point with "’" read as "'" (as ``words``
-    does), or ``_NOT_SIMPLE`` where ``str.lower`` is not one character in isolation ("İ" becomes
-    two; "Σ" depends on its neighbours) or would change whether the character is special or
-    whitespace. Documents with such characters are lower-cased by ``str.lower`` instead."""
+    """For every BMP code point, 1 + its lower-case code point with "’" read as "'" (as ``words``
+    does), or 0 where ``str.lower`` is not one character in isolation ("İ" becomes two; "Σ"
+    depends on its neighbours) or would change whether the character is special or whitespace.
+    Documents with such characters are lower-cased by ``str.lower`` instead."""
     special, space = _char_tables()
-    out = np.full(0x10000, _NOT_SIMPLE, dtype=np.uint32)
+    out = np.zeros(0x10000, dtype=np.uint64)
     for c in range(0x10000):
         low = chr(c).lower()
         if len(low) == 1 and c != 0x3A3:
             lc = ord(low)
             if lc < 0x10000 and special[lc] == special[c] and space[lc] == space[c]:
-                out[c] = lc
-    out[ord("’")] = ord("'")
+                out[c] = lc + 1
+    out[ord("’")] = ord("'") + 1
     return out
 
 
@@ -596,43 +595,39 @@ class DocArrays:
         bmp = not len(self.cps) or int(self.cps.max()) < 0x10000
         self.special, self.space = _char_flags(self.cps, bmp)
 
-        low = None
+        low1 = None  # lower-cased code points + 1, as uint64 (the word hash's input)
         if len(self.cps) and bmp:
-            low = _lower_table()[self.cps]
-            if int(low.max()) == int(_NOT_SIMPLE):
-                low = None
-        if low is not None or not len(self.cps):
-            self.low = self.cps if low is None else low
+            low1 = _lower_table()[self.cps]
+            if int(low1.min()) == 0:
+                low1 = None
+        if low1 is not None or not len(self.cps):
+            self.low1 = np.ones(0, dtype=np.uint64) if low1 is None else low1
             low_special, low_space, low_starts = self.special, self.space, self.starts
         else:  # rare: characters whose lower case is not one simple character
             lowered = [t.lower().replace("’", "'") for t in texts]
             llens = np.fromiter(map(len, lowered), dtype=np.int64, count=k)
             low_starts = np.cumsum(llens + 2) - (llens + 2)
-            self.low = np.frombuffer("\n\n".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            low_special, low_space = _char_flags(self.low)
+            low = np.frombuffer("\n\n".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            low_special, low_space = _char_flags(low)
+            self.low1 = low.astype(np.uint64) + np.uint64(1)
 
         # A word runs from the first to the last non-special character of a whitespace token:
         # consecutive non-special characters belong to one word unless whitespace lies between.
         plain = np.flatnonzero(~low_special)
         if len(plain):
-            token = np.cumsum(low_space, dtype=np.int64)[plain]
-            brk = token[1:] != token[:-1]
-            starts = np.empty(len(plain), dtype=bool)
-            starts[0] = True
-            starts[1:] = brk
-            ends = np.empty(len(plain), dtype=bool)
-            ends[-1] = True
-            ends[:-1] = brk
-            ws, we = plain[starts], plain[ends] + 1
-            m = len(self.low)
+            token = np.cumsum(low_space, dtype=np.int32)[plain]
+            brk = np.flatnonzero(token[1:] != token[:-1])
+            ws = plain[np.concatenate(([0], brk + 1))]
+            we = plain[np.append(brk, len(plain) - 1)] + 1
+            m = len(self.low1)
             pw, pinv = _powers(m + 1, _CHAR_BASE)
             prefix = np.zeros(m + 1, dtype=np.uint64)
-            np.cumsum((self.low.astype(np.uint64) + np.uint64(1)) * pw[:m], out=prefix[1:])
+            np.cumsum(self.low1 * pw[:m], out=prefix[1:])
             self.word_id = _mix64((prefix[we] - prefix[ws]) * pinv[ws])
         else:
             ws = we = np.zeros(0, dtype=np.int64)
             self.word_id = np.zeros(0, dtype=np.uint64)
-        self.word_start, self.word_end, self._low_special = ws, we, low_special
+        self.word_start, self.word_end = ws, we
         self.word_node = np.searchsorted(low_starts, ws, side="right") - 1
         self.word_len = we - ws
         self.node_words = np.bincount(self.word_node, minlength=k)
@@ -661,14 +656,14 @@ class DocArrays:
         searched character by character."""
 
         def make():
-            has = _alpha_flags(self.low[self.word_start])
+            has = _alpha_flags(self.low1[self.word_start] - np.uint64(1))
             rest = np.flatnonzero(~has)
             if len(rest) > 64:
-                cum = np.zeros(len(self.low) + 1, dtype=np.int64)
-                np.cumsum(_alpha_flags(self.low), out=cum[1:])
+                cum = np.zeros(len(self.low1) + 1, dtype=np.int64)
+                np.cumsum(_alpha_flags(self.low1 - np.uint64(1)), out=cum[1:])
                 return cum[self.word_end] > cum[self.word_start]
             for i in rest.tolist():
-                has[i] = _alpha_flags(self.low[self.word_start[i] : self.word_end[i]]).any()
+                has[i] = _alpha_flags(self.low1[self.word_start[i] : self.word_end[i]] - np.uint64(1)).any()
             return has
 
         return self._get("word_alpha", make)
