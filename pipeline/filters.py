@@ -811,13 +811,27 @@ class KeptText:
         (n values x windows) array: one pass of numpy calls instead of one per n."""
         got = self._counts.get(n)
         if got is None:
-            self._count_ngrams(sorted(set(self._wanted_n) | {n}))
+            # Short n first: once some n-gram length has no repeat, no longer one repeats, and
+            # on most documents that already holds at 5 words.
+            wanted = sorted(set(self._wanted_n) | {n})
+            self._count_ngrams([k for k in wanted if k <= 5 or k == n])
+            free = [k for k, (_, c) in self._counts.items() if not (c > 1).any()]
+            longer = [k for k in wanted if k not in self._counts]
+            if free and longer:
+                for k in [k for k in longer if min(free) < k <= self.n_words]:
+                    w = self.n_words - k + 1
+                    self._counts[k] = (np.zeros(w, dtype=np.uint64), np.ones(w, dtype=np.int64))  # hashes unused: nothing repeats
+                longer = [k for k in longer if k not in self._counts]
+            if longer:
+                self._count_ngrams(longer)
             got = self._counts[n]
         return got
 
     def _count_ngrams(self, ns: list[int]) -> None:
         m = self.n_words
         ns = [n for n in ns if n <= m]  # callers ask only for n <= m
+        if not ns:
+            return
         pw, pinv = _powers(m + 1)
         prefix = np.zeros(m + 1 + max(ns), dtype=np.uint64)
         np.cumsum(self.ids * pw[:m], out=prefix[1 : m + 1])
@@ -901,7 +915,8 @@ class KeptText:
         lens = a.lens[self.nodes]
         kstart = np.cumsum(lens + 2) - (lens + 2)
         lo = np.maximum(kstart, kstart + lens - (n - 1))
-        cross = np.concatenate([np.arange(x, y) for x, y in zip(lo.tolist(), np.minimum(kstart + lens + 2, L - n + 1).tolist())])
+        hi = np.minimum(kstart + lens + 2, L - n + 1)
+        _, cross = _range_index(lo, np.maximum(lo, hi))
         if len(cross):
             cps = a.cps if self.kept.all() else _codepoints_u32(self.text)
             win = cps[cross[:, None] + np.arange(n)].astype(np.uint64) + np.uint64(1)
