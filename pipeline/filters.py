@@ -1205,7 +1205,7 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
     return checks
 
 
-_CHECKS_CACHE: dict[tuple, tuple[list[Check], list[Check]]] = {}
+_CHECKS_CACHE: dict[tuple, tuple[list[Check], list[Check], dict[str, str]]] = {}
 
 
 def _frozen(v: object) -> object:
@@ -1217,12 +1217,20 @@ def _frozen(v: object) -> object:
 def configured_checks(tf: TextFilterConfig) -> tuple[list[Check], list[Check]]:
     """(``node_checks(tf)``, ``doc_checks(tf)``), built once per distinct configuration: building
     them costs more than filtering a short document."""
+    return _configured(tf)[:2]
+
+
+def _configured(tf: TextFilterConfig) -> tuple[list[Check], list[Check], dict[str, str]]:
+    """``configured_checks`` and, per node check, the end of its reject detail after the value
+    (`` (max 0.3, node ``), formatted once rather than for every dropped node."""
     key = tuple((k, _frozen(v)) for k, v in vars(tf).items())
     got = _CHECKS_CACHE.get(key)
     if got is None:
         if len(_CHECKS_CACHE) >= 64:
             _CHECKS_CACHE.clear()
-        got = _CHECKS_CACHE[key] = (node_checks(tf), doc_checks(tf))
+        nodes = node_checks(tf)
+        suffix = {c.name: f" ({c.bound} {_fmt(c.threshold)}, node " for c in nodes}
+        got = _CHECKS_CACHE[key] = (nodes, doc_checks(tf), suffix)
     return got
 
 
@@ -1340,15 +1348,19 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
     if reason:
         return None, [reject(reason, f"{lang or 'none'} {score:.3f}")]
 
-    node_cs, doc_cs = configured_checks(tf)
+    node_cs, doc_cs, suffix = _configured(tf)
     text_at = [i for i, n in enumerate(doc.nodes) if isinstance(n, TextNode)]
     arrays = DocArrays([doc.nodes[i].text for i in text_at])
     failures = node_failures(node_cs, arrays)
     dropped = set()
+    prov = doc.provenance
+    where = (prov.warc_filename, prov.warc_record_offset) if prov is not None else ("", -1)
     for i, failed in zip(text_at, failures):
         if failed:
             dropped.add(i)
-            rejects.append(reject(failed[0].name, detail(failed[0], failed[1], i)))
+            name = failed[0].name  # detail(...) as below, with the threshold part formatted once
+            det = f"{_fmt(failed[1])}{suffix[name]}{i})"
+            rejects.append(Reject(STAGE, name, doc.url, where[0], where[1], det))
     nodes = [n for i, n in enumerate(doc.nodes) if i not in dropped] if dropped else list(doc.nodes)
 
     kept = dataclasses.replace(doc, nodes=nodes, language=lang, language_score=round(score, 4))
