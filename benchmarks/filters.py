@@ -11,7 +11,10 @@ Timed, in the same process and on the same documents:
   language ID, paragraph filters, document filters;
 - anchor: a bare loop that only tokenizes the same text nodes with ``pipeline.filters.words``
   (lower-case, whitespace split, strip punctuation) — the least any word-based filter must do;
-- parts: language ID alone, and the chain with language ID turned off (``keep``/``min_score`` None).
+- parts: language ID alone, and the chain with language ID turned off (``keep``/``min_score`` None);
+- reference chain: the same checks measured text by text on ``TextStats`` (the definitions
+  ``build-m3w explain`` prints, and how ``filter_document`` worked before its fast path), with
+  the same verdicts — the speed-up of the fast path in the same run.
 Reported: documents/s for each, and chain time / anchor time; then the same per source; then
 the language detectors compared: CPU time per document, the share of mostly French/German
 handbook pages each drops at ``min_score`` 0.6 (mostly = py3langid reads at least half of the
@@ -33,7 +36,7 @@ from pipeline.config import Config
 from pipeline.extract import ExtractionError, extract_document
 from pipeline.records import Page
 from pipeline.warc import iter_warc
-from schemas.document import Document, Provenance
+from schemas.document import Document, Provenance, TextNode
 
 WARCS = [
     "warc/local_wget_crawls/pydocs.warc.gz",
@@ -81,10 +84,25 @@ def _time(fn, docs: list[Document], rounds: int) -> float:
     return best
 
 
+def reference_filter(doc: Document, cfg: Config) -> tuple[Document | None, list]:
+    """``filter_document`` through ``TextStats`` check by check (no ``DocArrays``)."""
+    tf = cfg.text_filters
+    lang, score = langid.detect([t for t in doc.texts if t], cfg.language.detector)
+    if F.language_reason(lang, score, cfg.language):
+        return None, []
+    node_cs, doc_cs = F.configured_checks(tf)
+    stats = [F.TextStats(n.text) for n in doc.nodes if isinstance(n, TextNode)]
+    failures = F.first_failures(node_cs, stats)
+    kept = [s for s, f in zip(stats, failures) if f is None]
+    (failed,) = F.first_failures(doc_cs, [F.TextStats.joined(kept)])
+    return (None if failed else doc), [f for f in failures if f] + [failed]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--no-detectors", action="store_true", help="skip the language detector table")
     args = ap.parse_args(argv)
 
     docs = load_documents(Path(args.data))
@@ -106,10 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         "chain: filter_document, defaults": _time(lambda d: F.filter_document(d, cfg), docs, args.rounds),
         "language ID alone": _time(lambda d: langid.detect([t for t in d.texts if t]), docs, args.rounds),
         "chain without language filter": _time(lambda d: F.filter_document(d, no_lang), docs, args.rounds),
+        "reference chain (TextStats, check by check)": _time(lambda d: reference_filter(d, cfg), docs, args.rounds),
     }
+    same = sum((F.filter_document(d, cfg)[0] is None) == (reference_filter(d, cfg)[0] is None) for d in docs)
     kept = sum(F.filter_document(d, cfg)[0] is not None for d in docs)
     anchor_s = results["anchor: tokenize text nodes"]
     print(f"{len(docs)} documents, {n_chars / len(docs):.0f} characters each on average; {kept} kept by the chain")
+    print(f"verdicts equal to the reference chain's on {same}/{len(docs)} documents")
     print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}, best of {args.rounds}")
     print("| timed loop | documents/s (one core) | time / anchor |")
     print("| --- | ---: | ---: |")
@@ -117,20 +138,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {len(docs) / s:,.0f} | {s / anchor_s:.1f}x |")
 
     print()
-    print("| source | documents | mean characters | chain documents/s | anchor documents/s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| source | documents | mean characters | chain documents/s | reference chain documents/s | anchor documents/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     by_source: dict[str, list[Document]] = {}
     for d in docs:
         by_source.setdefault(_source(d), []).append(d)
     for name, group in sorted(by_source.items()):
         chain_s = _time(lambda d: F.filter_document(d, cfg), group, args.rounds)
+        ref_s = _time(lambda d: reference_filter(d, cfg), group, args.rounds)
         anchor_g = _time(anchor, group, args.rounds)
         mean_chars = sum(len(d.text) for d in group) / len(group)
-        print(f"| {name} | {len(group)} | {mean_chars:,.0f} | {len(group) / chain_s:,.0f} | {len(group) / anchor_g:,.0f} |")
+        print(
+            f"| {name} | {len(group)} | {mean_chars:,.0f} | {len(group) / chain_s:,.0f} | "
+            f"{len(group) / ref_s:,.0f} | {len(group) / anchor_g:,.0f} |"
+        )
 
 
-    print()
-    print(language_table(by_source, args.rounds))
+    if not args.no_detectors:
+        print()
+        print(language_table(by_source, args.rounds))
 
 
 def _foreign_share(d: Document) -> float:

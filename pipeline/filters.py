@@ -1206,6 +1206,8 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
 
 
 _CHECKS_CACHE: dict[tuple, tuple[list[Check], list[Check], dict[str, str]]] = {}
+# (a copy of the configuration's fields, its checks): compared before building a cache key.
+_LAST_CHECKS: tuple[dict, tuple[list[Check], list[Check], dict[str, str]]] | None = None
 
 
 def _frozen(v: object) -> object:
@@ -1223,6 +1225,9 @@ def configured_checks(tf: TextFilterConfig) -> tuple[list[Check], list[Check]]:
 def _configured(tf: TextFilterConfig) -> tuple[list[Check], list[Check], dict[str, str]]:
     """``configured_checks`` and, per node check, the end of its reject detail after the value
     (`` (max 0.3, node ``), formatted once rather than for every dropped node."""
+    last = _LAST_CHECKS
+    if last is not None and vars(tf) == last[0]:  # the usual case: one configuration throughout
+        return last[1]
     key = tuple((k, _frozen(v)) for k, v in vars(tf).items())
     got = _CHECKS_CACHE.get(key)
     if got is None:
@@ -1231,6 +1236,8 @@ def _configured(tf: TextFilterConfig) -> tuple[list[Check], list[Check], dict[st
         nodes = node_checks(tf)
         suffix = {c.name: f" ({c.bound} {_fmt(c.threshold)}, node " for c in nodes}
         got = _CHECKS_CACHE[key] = (nodes, doc_checks(tf), suffix)
+    snapshot = {k: dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v for k, v in vars(tf).items()}
+    globals()["_LAST_CHECKS"] = (snapshot, got)  # one tuple, replaced whole (safe under threads)
     return got
 
 
