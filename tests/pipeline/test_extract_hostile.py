@@ -13,7 +13,7 @@ from pipeline.extract import ExtractionError, extract_nodes
     [
         "<html><body><p " + " ".join(f'a{i}="x"' for i in range(50_000)) + ">hello</p></body></html>",
         "<div>" * 60_000 + "x" + "</div>" * 60_000,
-        "<span><b>" * 20_000 + "x",
+        "<span><b>" * 30_000 + "x",
     ],
     ids=["50k-attributes", "60k-nested-divs", "unclosed-inline-nesting"],
 )
