@@ -847,13 +847,17 @@ class KeptText:
         srt = np.sort((h >> np.uint64(bits) << np.uint64(bits)) | pos.astype(np.uint64), axis=1)
         where = (srt & np.uint64((1 << bits) - 1)).astype(np.int64)
         srt >>= np.uint64(bits)
-        edge = np.ones((len(ns), m + 1), dtype=bool)
-        np.not_equal(srt[:, 1:], srt[:, :-1], out=edge[:, 1:m])
-        at = np.arange(m + 1)[None, :]
-        start = np.maximum.accumulate(np.where(edge[:, :m], at[:, :m], 0), axis=1)
-        end = np.minimum.accumulate(np.where(edge[:, 1:], at[:, 1:], m)[:, ::-1], axis=1)[:, ::-1]
-        counts = np.empty((len(ns), m), dtype=np.int64)
-        np.put_along_axis(counts, where, end - start, axis=1)
+        # Runs of equal hashes along the flattened rows (each row starts a run): every sorted
+        # window gets its run's length, then goes back to its position.
+        flat = srt.ravel()
+        edge = np.empty(len(flat), dtype=bool)
+        edge[0] = True
+        np.not_equal(flat[1:], flat[:-1], out=edge[1:])
+        edge[::m] = True
+        run = np.diff(np.flatnonzero(edge), append=len(flat))
+        counts = np.empty(len(flat), dtype=np.int64)
+        counts[(where + (np.arange(len(ns)) * m)[:, None]).ravel()] = np.repeat(run, run)
+        counts = counts.reshape(len(ns), m)
         for row, n in enumerate(ns):
             w = m - n + 1
             self._counts[n] = (h[row, :w], counts[row, :w])
