@@ -1420,6 +1420,8 @@ class _FilterTextFn(beam.DoFn):
     def setup(self) -> None:
         langid.load(self.cfg.language.detector)
         _char_tables()  # 64k-entry character tables, built once per worker
+        _lower_table()
+        _alpha_table()
         self._kept = Metrics.counter("m3w", f"{STAGE}.kept")
         self._counters: dict[str, beam.metrics.metricbase.Counter] = {}
         tf = self.cfg.text_filters
