@@ -111,12 +111,19 @@ def _char_tables() -> tuple[np.ndarray, np.ndarray]:
     return special, space
 
 
+@functools.lru_cache(maxsize=1)
+def _flag_table() -> np.ndarray:
+    special, space = _char_tables()
+    return special.astype(np.uint8) | (space.astype(np.uint8) << 1)
+
+
 def _char_flags(cps: np.ndarray, bmp_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(special, whitespace) per code point; the rare astral ones are looked up one by one.
     ``bmp_only``: the caller knows every code point is below 0x10000."""
     special_t, space_t = _char_tables()
-    if bmp_only:
-        return special_t[cps], space_t[cps]
+    if bmp_only:  # one lookup: bit 0 special, bit 1 whitespace (every whitespace is special)
+        flags = _flag_table()[cps]
+        return (flags & 1).view(bool), (flags >> 1).view(bool)
     bmp = np.minimum(cps, 0xFFFF)
     special, space = special_t[bmp], space_t[bmp]
     astral = np.flatnonzero(cps > 0xFFFF)
@@ -645,9 +652,13 @@ class DocArrays:
         """Special characters per node (original text)."""
 
         def make():
-            cum = np.zeros(len(self.cps) + 1, dtype=np.int64)
-            np.cumsum(self.special, out=cum[1:])
-            return cum[self.starts + self.lens] - cum[self.starts]
+            if not self.n_nodes:
+                return np.zeros(0, dtype=np.int64)
+            # Sums from each node's start to the next one's, less the two separator newlines;
+            # a trailing False gives the last (possibly empty) node a valid start.
+            sums = np.add.reduceat(np.append(self.special, False), self.starts, dtype=np.int64)
+            sums[:-1] -= 2
+            return sums
 
         return self._get("special", make)
 
@@ -688,7 +699,7 @@ class DocArrays:
         sel = idx[ok]
         if not len(sel):
             return out
-        hashes = self._get(("char_windows", n), lambda: _window_hashes(self.cps.astype(np.uint64) + np.uint64(1), n))
+        hashes = self._get(("char_windows", n), lambda: _window_hashes(np.add(self.cps, 1, dtype=np.uint64), n))
         # Windows inside the selected nodes: runs of (n-gram windows of a node, the rest) along
         # the text, marked with np.repeat rather than gathered position by position.
         inner = self.lens[sel] - n + 1
@@ -1420,6 +1431,7 @@ class _FilterTextFn(beam.DoFn):
     def setup(self) -> None:
         langid.load(self.cfg.language.detector)
         _char_tables()  # 64k-entry character tables, built once per worker
+        _flag_table()
         _lower_table()
         _alpha_table()
         self._kept = Metrics.counter("m3w", f"{STAGE}.kept")
