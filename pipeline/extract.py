@@ -101,7 +101,23 @@ _LAZY_SRC_ATTRS = (
 _LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "data-original-set")
 _IMAGE_URL = re.compile(r"\.(?:jpe?g|png|webp|gif|avif|bmp)(?:$|[?#])", re.I)
 # src values that a lazy loader replaces: the real URL is in another attribute.
-_PLACEHOLDER = re.compile(r"blank\.|placeholder|spacer|1x1|transparent\.|pixel\.gif|grey\.gif|loading|lazy", re.I)
+_PLACEHOLDER_WORDS = ("blank.", "placeholder", "spacer", "1x1", "transparent.", "pixel.gif", "grey.gif", "loading", "lazy")
+_PLACEHOLDER = re.compile("|".join(map(re.escape, _PLACEHOLDER_WORDS)), re.I)
+
+
+def _has_any(url: str, words: tuple[str, ...], regex: re.Pattern) -> bool:
+    """``regex`` (the case-insensitive alternation of ``words``) matches ``url``.
+
+    ASCII URLs (nearly all) take substring tests on the lower-cased URL, several times faster than
+    the case-insensitive regex; the rest keep the regex's Unicode case folding.
+    """
+    if url.isascii():
+        low = url.lower()
+        for w in words:
+            if w in low:
+                return True
+        return False
+    return regex.search(url) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +198,7 @@ def image_url(attrs: dict, picture_sources: list[dict] | None = None) -> str | N
     """
     src = attrs.get("src")
     src_ok = _usable(src)
-    if src_ok and not _PLACEHOLDER.search(src):
+    if src_ok and not _has_any(src, _PLACEHOLDER_WORDS, _PLACEHOLDER):
         return src.strip()
     for a in _LAZY_SRC_ATTRS:
         v = attrs.get(a)
@@ -261,6 +277,10 @@ def _resolve(base: str, url: str) -> str | None:
 
 _BR = "\ue000"  # a <br> in the text buffer (private-use: never in real text, not whitespace)
 _cls_cache: dict[str, bool] = {}
+# lexbor tag id → tag name for the standard tags (ids below LXB_TAG__LAST_ENTRY are fixed; custom
+# elements get per-document ids above it), filled as the walk meets them.
+_LXB_TAG_LAST_ENTRY = 0x00C4
+_TAG_NAMES: dict[int, str] = {}
 _STATE_PREFIXES = ("has-", "is-", "js-", "with-", "no-", "show-", "hide-", "can-")
 
 
@@ -303,11 +323,8 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     boiler = cfg.remove_boilerplate
     keep_alt = cfg.keep_alt_text
     min_side = cfg.min_declared_image_side
-    patterns = (
-        re.compile("|".join(re.escape(p) for p in cfg.drop_image_url_patterns), re.I)
-        if cfg.drop_image_url_patterns
-        else None
-    )
+    drop_words = tuple(p.lower() for p in cfg.drop_image_url_patterns or ())
+    patterns = re.compile("|".join(map(re.escape, drop_words)), re.I) if drop_words else None
     max_depth = limits.max_dom_depth or 1 << 30
     deadline = time.monotonic() + limits.parse_timeout_s if limits.parse_timeout_s else None
 
@@ -365,7 +382,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             # 0 is a common "auto" placeholder for one side; 0x0 and 1..min_side-1 are pixels.
             or (min_side and ((w is not None and 0 < w < min_side) or (h is not None and 0 < h < min_side)))
             or (w == 0 and h == 0)
-            or (patterns is not None and patterns.search(url) is not None)
+            or (patterns is not None and _has_any(url, drop_words, patterns))
         ):
             images_dropped += 1
             return
@@ -386,6 +403,8 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     skip_tags, no_attr_tags, boiler_tags, block_tags = _SKIP_TAGS, _NO_ATTR_TAGS, _BOILER_TAGS, _BLOCK_TAGS
     never_drop, landmark_tags = _NEVER_DROP_BY_CLASS, _LANDMARK_TAGS
     boiler_class, hidden_style = _boiler_class, _HIDDEN_STYLE
+    tag_names = _TAG_NAMES
+    tag_names_get = tag_names.get
     while stack:
         entry = pop()
         if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article, -3 depth
@@ -410,8 +429,8 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 article_depth -= 1
             continue
         node = entry
-        tag = node.tag
-        if tag == "-text":
+        tid = node.tag_id  # an int: no string built per node, unlike ``node.tag``
+        if tid == 2:  # lexbor's LXB_TAG__TEXT
             t = node.text_content
             # Whitespace between blocks (markup indentation) is most text nodes: with nothing
             # buffered it can only be leading whitespace, which flush() strips anyway.
@@ -420,7 +439,14 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 if link_depth:
                     buf_link += len(t)
             continue
-        if tag is None or tag[0] == "-" or tag in skip_tags:
+        tag = tag_names_get(tid)
+        if tag is None:
+            tag = node.tag
+            if tag is None:
+                continue
+            if tid < _LXB_TAG_LAST_ENTRY:  # standard tags only: custom elements get per-document ids
+                tag_names[tid] = tag
+        if tag[0] == "-" or tag in skip_tags:
             continue
         steps += 1
         if deadline is not None and not steps & 255 and time.monotonic() > deadline:
