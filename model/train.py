@@ -621,7 +621,9 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
         logf.close()
         tb.close()
     if records:
-        _say(f"done: step {records[-1]['step']}, loss {records[-1]['loss']:.4f} (MFU vs {peak_src})")
+        first, last = records[0], records[-1]
+        mfu = f", MFU {last['mfu']:.3f} of {peak_src}" if "mfu" in last else ""
+        _say(f"done: step {last['step']}, loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f}{mfu}")
     return records
 
 

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m3w-demo")
     parser.add_argument("--output", default=os.path.join(REPO, "demo-output"))
     parser.add_argument("--no-train", dest="train", action="store_false", help="only build the corpus")
-    parser.add_argument("--steps", type=int, default=30, help="training steps of the tiny model")
+    parser.add_argument("--steps", type=int, default=100, help="training steps of the tiny model")
     args = parser.parse_args(argv)
 
     from pipeline.cli import main as build_m3w
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = os.path.join(args.output, "train")
     train_argv = ["--shards", os.path.join(corpus, "wds"), "--config", "tiny", "--steps", str(args.steps),
-                  "--batch-size", "4", "--vocab-size", "512", "--out", run_dir, "--no-progress", "--log-every", "10"]
+                  "--batch-size", "4", "--lr", "3e-3", "--vocab-size", "512", "--out", run_dir, "--no-progress", "--log-every", "25"]
     print("\n== train-flamingo " + " ".join(_rel(a) for a in train_argv))
     rc = train_flamingo(train_argv)
     if rc:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.train import caption
 
     text = caption(run_dir, image, max_new_tokens=20)
-    # A few steps of a 0.4M-parameter model on three pages: the point is the path, not the prose.
+    # 100 steps of a 0.4M-parameter model on three pages: the point is the path, not the prose.
     print(f"caption: {text!r}")
     return 0
 
