@@ -18,10 +18,20 @@ def main() -> None:
     names += sorted(n for n in os.listdir(bench) if n.endswith(".md") and n not in ORDER and n != "SUMMARY.md")
     for name in names:
         text = open(os.path.join(bench, name), encoding="utf-8").read().strip()
-        # Each area page starts at heading level 1 or 2; nest it one level under this page.
-        lines = [("#" + l if l.startswith("#") else l) for l in text.splitlines()]
-        if not lines[0].startswith("## "):
-            lines[0] = "## " + lines[0].lstrip("#").strip()
+        # Nest each area page under this one: its top heading level becomes ##.
+        lines = text.splitlines()
+        in_code = False
+        levels = []
+        for l in lines:
+            in_code ^= l.startswith("```")
+            if not in_code and l.startswith("#"):
+                levels.append(len(l) - len(l.lstrip("#")))
+        shift = 2 - min(levels) if levels else 0
+        out, in_code = [], False
+        for l in lines:
+            in_code ^= l.startswith("```")
+            out.append("#" * shift + l if not in_code and l.startswith("#") and shift > 0 else l)
+        lines = out
         parts.append("\n".join(lines))
     with open(os.path.join(DOCS, "BENCHMARKS.md"), "w", encoding="utf-8") as f:
         f.write("\n\n---\n\n".join(parts) + "\n")
