@@ -431,9 +431,12 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
         node = entry
         tid = node.tag_id  # an int: no string built per node, unlike ``node.tag``
         if tid == 2:  # lexbor's LXB_TAG__TEXT
-            t = node.text_content
             # Whitespace between blocks (markup indentation) is most text nodes: with nothing
-            # buffered it can only be leading whitespace, which flush() strips anyway.
+            # buffered it can only be leading whitespace, which flush() strips anyway. lexbor
+            # tells ASCII whitespace without building the string.
+            if not buf and node.is_empty_text_node:
+                continue
+            t = node.text_content
             if t and (buf or not t.isspace()):
                 buf_append(t)
                 if link_depth:
@@ -576,18 +579,23 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
         return None
     # A paragraph's score goes to its parent (1), grandparent (1/2), then 1/(3·level), 5 levels up.
     score: dict[int, float] = {}
+    score_get, tag_score, class_weight, bcls, headings = score.get, _TAG_SCORE.get, _class_weight, w.bcls, _HEADINGS
     for bid, kind, payload, _, tag in items:
-        if kind != "t" or len(payload) < 25 or tag in _HEADINGS:
+        if kind != "t" or tag in headings:
             continue
-        s = 1 + payload.count(",") + min(len(payload) // 100, 3)
+        size = len(payload)
+        if size < 25:
+            continue
+        s = 1 + payload.count(",") + (3 if size >= 300 else size // 100)
         anc = bparent[bid]
-        level = 0
-        while anc > 0 and level < 5:
-            if anc not in score:
-                score[anc] = _TAG_SCORE.get(btag[anc], 0) + _class_weight(w.bcls[anc])
-            score[anc] += s / _LEVEL_DIVISOR[level]
+        for div in _LEVEL_DIVISOR:
+            if anc <= 0:
+                break
+            sc = score_get(anc)
+            if sc is None:
+                sc = tag_score(btag[anc], 0) + class_weight(bcls[anc])
+            score[anc] = sc + s / div
             anc = bparent[anc]
-            level += 1
     if not score:
         return None
     for b in score:
@@ -631,7 +639,6 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
     # ancestors that still hold a third of the winner's score (an article split into sections).
     best_score = score.get(best, top)
     threshold = max(10.0, best_score * 0.2)
-    bcls = w.bcls
     levels = [best]
     p = bparent[best]
     while p > 0 and score.get(p, 0.0) >= best_score / 3:
