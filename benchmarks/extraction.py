@@ -1,6 +1,6 @@
 """Extraction quality and speed of pipeline.extract against trafilatura, on human ground truth.
 
-    .venv/bin/python -m benchmarks.extraction [--data ../shared/data/extraction] [--no-anchor] [--worst N]
+    .venv/bin/python -m benchmarks.extraction [--data ../shared/data/extraction] [--no-anchor] [--worst N] [--repeat N]
 
 Sets (../shared/data/extraction, see its README):
 - article_benchmark: text F1, bag of lowercased ``\\w+`` tokens vs ``articleBody``;
@@ -18,6 +18,7 @@ import argparse
 import gzip
 import json
 import re
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -214,12 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-anchor", action="store_true", help="skip trafilatura (quick quality check of ours)")
     ap.add_argument("--worst", type=int, default=0, help="list the N worst pages per score")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="time N interleaved runs; report the median and range of the ratio"
+    )
     args = ap.parse_args(argv)
     sets = load_sets(Path(args.data))
     extractors = {"m3w": ours(ExtractConfig(), LimitsConfig())}
     if not args.no_anchor:
         extractors["trafilatura 2.3.1 (include_images)"] = trafilatura_extractor()
-    outputs, times = run_interleaved(extractors, sets)
+    runs = [run_interleaved(extractors, sets) for _ in range(max(1, args.repeat))]
+    outputs, times = runs[0]
     results = [evaluate(name, outputs[name], times[name], sets, args.worst) for name in extractors]
     keys = [k for k in results[0] if k not in ("extractor",) and not k.startswith("worst")]
     print("| metric | " + " | ".join(r["extractor"] for r in results) + " |")
@@ -231,6 +236,18 @@ def main(argv: list[str] | None = None) -> None:
         a, b = results
         print(f"\nspeed ratio m3w / trafilatura: {a['pages_per_s'] / b['pages_per_s']:.1f}x wall clock, "
               f"{a['pages_per_cpu_s'] / b['pages_per_cpu_s']:.1f}x CPU time")
+    if len(results) == 2 and len(runs) > 1:
+        ours_name, anchor_name = list(extractors)
+        for label, col in (("CPU time", 1), ("wall clock", 0)):
+            ratios = sorted(t[anchor_name][col] / t[ours_name][col] for _, t in runs)
+            ours_pps = sorted(t[ours_name][2] / t[ours_name][col] for _, t in runs)
+            anchor_pps = sorted(t[anchor_name][2] / t[anchor_name][col] for _, t in runs)
+            print(
+                f"{label}, {len(runs)} runs: ratio median {statistics.median(ratios):.1f}x "
+                f"(range {ratios[0]:.1f}-{ratios[-1]:.1f}x); m3w median {statistics.median(ours_pps):.0f} pages/s "
+                f"({ours_pps[0]:.0f}-{ours_pps[-1]:.0f}), trafilatura median {statistics.median(anchor_pps):.1f} "
+                f"({anchor_pps[0]:.1f}-{anchor_pps[-1]:.1f})"
+            )
     for r in results:
         for k in r:
             if k.startswith("worst"):

@@ -59,6 +59,13 @@ _BLOCK_TAGS = frozenset(
     "table tbody thead tfoot tr td th caption ul html".split()
 )
 _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
+# What the walk does on entering an element (tags not listed: walk into it, inline).
+_K_IMG, _K_BR, _K_NOSCRIPT, _K_LINK, _K_BLOCK, _K_ARTICLE = range(6)
+_TAG_KINDS = {
+    **{t: _K_BLOCK for t in _BLOCK_TAGS},
+    "article": _K_ARTICLE, "main": _K_ARTICLE,
+    "img": _K_IMG, "br": _K_BR, "noscript": _K_NOSCRIPT, "a": _K_LINK,
+}
 # Read without their attributes (speed): whether they are hidden or boilerplate is decided by
 # their containers.
 _NO_ATTR_TAGS = frozenset(
@@ -400,11 +407,12 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     steps = depth = 0
     # Locals for the hot loop (attribute and global lookups cost on every node).
     push, pop, buf_append = stack.append, stack.pop, buf.append
-    skip_tags, no_attr_tags, boiler_tags, block_tags = _SKIP_TAGS, _NO_ATTR_TAGS, _BOILER_TAGS, _BLOCK_TAGS
+    skip_tags, no_attr_tags, boiler_tags = _SKIP_TAGS, _NO_ATTR_TAGS, _BOILER_TAGS
     never_drop, landmark_tags = _NEVER_DROP_BY_CLASS, _LANDMARK_TAGS
     boiler_class, hidden_style = _boiler_class, _HIDDEN_STYLE
     tag_names = _TAG_NAMES
     tag_names_get = tag_names.get
+    tag_kinds_get = _TAG_KINDS.get
     while stack:
         entry = pop()
         if type(entry) is int:  # exit marker: >= 0 block (the previous one), -1 link, -2 article, -3 depth
@@ -447,9 +455,11 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
             tag = node.tag
             if tag is None:
                 continue
+            if tag[0] == "-" or tag in skip_tags:
+                tag = ""  # comments, doctypes and never-rendered elements: skipped
             if tid < _LXB_TAG_LAST_ENTRY:  # standard tags only: custom elements get per-document ids
                 tag_names[tid] = tag
-        if tag[0] == "-" or tag in skip_tags:
+        if not tag:
             continue
         steps += 1
         if deadline is not None and not steps & 255 and time.monotonic() > deadline:
@@ -488,19 +498,25 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 page_chars = len(root.text(deep=True))
             if len(node.text(deep=True)) <= max_share * page_chars:
                 continue
-        if tag == "img":
+        kind = tag_kinds_get(tag)  # one lookup instead of a comparison per special tag
+        if kind is None:
+            pass
+        elif kind == _K_IMG:
             add_image(node, attrs)
             continue
-        if tag == "br":
+        elif kind == _K_BR:
             buf_append(_BR)
             continue
-        if tag == "noscript":
+        elif kind == _K_NOSCRIPT:
             # Lazy loaders put the real <img> in <noscript>; use it only when the <img> before it had
             # no usable URL, or the image would appear twice.
             if not img_unresolved:
                 continue
             img_unresolved = False
-        if tag in block_tags:
+        elif kind == _K_LINK:
+            link_depth += 1
+            push(-1)
+        else:  # a block (_K_BLOCK, _K_ARTICLE)
             if buf:
                 flush()
             push(cur)
@@ -522,12 +538,9 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                     for img in uncaptioned:
                         if not img.alt:
                             img.alt = caption
-        elif tag == "a":
-            link_depth += 1
-            push(-1)
-        if tag == "article" or tag == "main":
-            article_depth += 1
-            push(-2)
+            if kind == _K_ARTICLE:
+                article_depth += 1
+                push(-2)
         c = node.last_child
         if c is not None:
             depth += 1
