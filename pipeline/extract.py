@@ -409,7 +409,7 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
     push, pop, buf_append = stack.append, stack.pop, buf.append
     skip_tags, no_attr_tags, boiler_tags = _SKIP_TAGS, _NO_ATTR_TAGS, _BOILER_TAGS
     never_drop, landmark_tags = _NEVER_DROP_BY_CLASS, _LANDMARK_TAGS
-    boiler_class, hidden_style = _boiler_class, _HIDDEN_STYLE
+    boiler_class, hidden_style, cls_verdict = _boiler_class, _HIDDEN_STYLE, _cls_cache.get
     tag_names = _TAG_NAMES
     tag_names_get = tag_names.get
     tag_kinds_get = _TAG_KINDS.get
@@ -486,7 +486,10 @@ def _walk(root, base: str, cfg: ExtractConfig, limits: LimitsConfig) -> _Walk:
                 # An article's own <header> holds its title and lead image, not site chrome.
                 drop = not (tag == "header" and article_depth)
             else:
-                drop = bool(cls) and tag not in never_drop and boiler_class(cls)
+                if cls and tag not in never_drop:
+                    drop = cls_verdict(cls)  # the memo first: most class names repeat
+                    if drop is None:
+                        drop = boiler_class(cls)
         if drop:
             # Landmarks are chrome whatever their size. A hidden or boilerplate-looking element
             # holding most of the page's text is the page (ASP.NET's page-wide <form>, a blog
@@ -692,6 +695,8 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
     # belong to the article unless they are mostly links.
     for lv in levels:
         lp = bparent[lv]
+        if sum(1 for b in chosen if bparent[b] == lp) < 2:
+            continue  # fewer than two chosen children: nothing lies between
         kids = [b for b in range(lp + 1, n) if bparent[b] == lp]
         picked = [i for i, b in enumerate(kids) if b in chosen]
         if len(picked) >= 2:
@@ -699,7 +704,8 @@ def _select_main(w: _Walk, items: list[tuple], min_score: float = 0.0) -> list[b
                 if b not in chosen and (not tlen[b] or llen[b] <= tlen[b] * 0.5):
                     chosen.add(b)
     inside = [False] * n
-    for b in range(1, n):
+    # Pre-order numbering: no block before the first chosen one lies inside a chosen one.
+    for b in range(max(1, min(chosen)), n):
         inside[b] = b in chosen or inside[bparent[b]]
     return inside
 
