@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import langid
 from pipeline.config import Config, LanguageConfig, TextFilterConfig
@@ -635,10 +636,15 @@ class DocArrays:
             ws = we = np.zeros(0, dtype=np.int64)
             self.word_id = np.zeros(0, dtype=np.uint64)
         self.word_start, self.word_end = ws, we
+        self.low_starts = low_starts
         self.word_node = np.searchsorted(low_starts, ws, side="right") - 1
         self.word_len = we - ws
         self.node_words = np.bincount(self.word_node, minlength=k)
         self._cache: dict = {}
+        # Batches (``filter_documents``): the document index of every node, nondecreasing;
+        # None when the nodes are one document's.
+        self.doc_of_node: np.ndarray | None = None
+        self.n_docs = 1
 
     # -- per node ------------------------------------------------------------------------------
 
@@ -710,12 +716,44 @@ class DocArrays:
         run[2::2] = ends[1:] - ends[:-1] - inner
         take = np.repeat(np.tile(np.array([False, True]), len(sel) + 1)[: len(run)], run)
         group = np.repeat(np.arange(len(sel)), inner)
-        keys, counts, bits = _distinct_keys(hashes[take], group, len(sel))
-        self._cache[("char_keys", n)] = (sel, keys, counts, bits)  # reused by KeptText.char_repetition
-        tag = (keys & np.uint64((1 << bits) - 1)).astype(np.int64)
+        if self.doc_of_node is None:
+            keys, counts, bits = _distinct_keys(hashes[take], group, len(sel))
+            # reused by KeptText.char_repetition: keys hold the hash's low 64 - bits bits
+            hmask = np.uint64(2**64 - 1) >> np.uint64(bits)
+            self._cache[("char_keys", n)] = (sel, keys, counts, bits, hmask)
+            tag = (keys & np.uint64((1 << bits) - 1)).astype(np.int64)
+        else:
+            tag, counts = self._batch_char_keys(sel, hashes[take], group, n)
         top = _top_sqrt_counts(tag, counts, len(sel))
         out[ok] = top / (self.lens[sel] - n + 1)
         return out
+
+    def _batch_char_keys(self, sel: np.ndarray, hashes: np.ndarray, group: np.ndarray, n: int):
+        """Distinct (node, n-gram) counts of a batch, sorted document-major: each key is
+        ``doc | low hash bits | node index among the document's selected nodes``, so one sort
+        leaves every document's keys contiguous and ordered by hash, the layout
+        ``KeptText.char_repetition`` reuses (``doc_view`` cuts it per document).
+        Returns (selected-node index, count) per distinct pair."""
+        sel_doc = self.doc_of_node[sel]
+        doc_first = np.searchsorted(sel_doc, np.arange(self.n_docs + 1))  # sel range of each doc
+        local = np.arange(len(sel)) - doc_first[sel_doc]
+        nbits = max(1, int(local.max()).bit_length())
+        dbits = max(1, (self.n_docs - 1).bit_length())
+        low = np.uint64((1 << nbits) - 1)
+        keys = ((hashes << np.uint64(dbits + nbits)) >> np.uint64(dbits)) | (
+            (sel_doc.astype(np.uint64) << np.uint64(64 - dbits)) | local.astype(np.uint64)
+        )[group]
+        keys.sort()
+        first = np.empty(len(keys), dtype=bool)
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        at = np.flatnonzero(first)
+        keys, counts = keys[at], np.diff(at, append=len(keys))
+        key_doc = (keys >> np.uint64(64 - dbits)).astype(np.int64)
+        tag = doc_first[key_doc] + (keys & low).astype(np.int64)
+        bounds = np.searchsorted(key_doc, np.arange(self.n_docs + 1))
+        self._cache[("batch_char_keys", n)] = (sel, doc_first, keys, counts, bounds, nbits, dbits)
+        return tag, counts
 
     def node_word_repetition(self, idx: np.ndarray, n: int) -> np.ndarray:
         """``word_ngram_repetition`` of the nodes ``idx``."""
@@ -733,6 +771,68 @@ class DocArrays:
         repeated = np.bincount(tag[rep], weights=counts[rep], minlength=len(sel))
         out[ok] = repeated / (self.node_words[sel] - n + 1)
         return out
+
+    # -- batches -------------------------------------------------------------------------------
+
+    @classmethod
+    def batch(cls, docs_texts: list[list[str]]) -> "DocArrays":
+        """The text nodes of several documents as one set of arrays (node measures do not depend
+        on the other nodes); ``doc_view`` gives each document's own arrays."""
+        a = cls([t for texts in docs_texts for t in texts])
+        counts = np.fromiter(map(len, docs_texts), dtype=np.int64, count=len(docs_texts))
+        a.doc_of_node = np.repeat(np.arange(len(docs_texts)), counts)
+        a.n_docs = len(docs_texts)
+        a.doc_nodes = np.concatenate(([0], np.cumsum(counts)))
+        return a
+
+    def doc_view(self, d: int) -> "DocArrays":
+        """Document ``d``'s arrays cut out of a batch: the same values ``DocArrays(texts)`` has
+        (slices, coordinates shifted to the document), with the node results computed so far."""
+        n0, n1 = int(self.doc_nodes[d]), int(self.doc_nodes[d + 1])
+        v = object.__new__(DocArrays)
+        v.texts = self.texts[n0:n1]
+        v.n_nodes = n1 - n0
+        v.doc_of_node, v.n_docs = None, 1
+        v._cache = {}
+        if n0 == n1:
+            v.lens = v.starts = v.low_starts = np.zeros(0, dtype=np.int64)
+            v.joined = ""
+            v.cps = np.zeros(0, dtype=np.uint32)
+            v.special = v.space = np.zeros(0, dtype=bool)
+            v.low1 = np.ones(0, dtype=np.uint64)
+            v.word_start = v.word_end = v.word_node = v.word_len = v.node_words = np.zeros(0, dtype=np.int64)
+            v.word_id = np.zeros(0, dtype=np.uint64)
+            return v
+        c0 = int(self.starts[n0])
+        c1 = int(self.starts[n1 - 1] + self.lens[n1 - 1])
+        l0 = int(self.low_starts[n0])
+        l1 = int(self.low_starts[n1]) - 2 if n1 < self.n_nodes else len(self.low1)
+        w0, w1 = np.searchsorted(self.word_node, [n0, n1]).tolist()
+        v.lens = self.lens[n0:n1]
+        v.starts = self.starts[n0:n1] - c0
+        v.low_starts = self.low_starts[n0:n1] - l0
+        v.joined = self.joined[c0:c1]
+        v.cps = self.cps[c0:c1]
+        v.special, v.space = self.special[c0:c1], self.space[c0:c1]
+        v.low1 = self.low1[l0:l1]
+        v.word_start, v.word_end = self.word_start[w0:w1] - l0, self.word_end[w0:w1] - l0
+        v.word_node = self.word_node[w0:w1] - n0
+        v.word_len, v.word_id = self.word_len[w0:w1], self.word_id[w0:w1]
+        v.node_words = self.node_words[n0:n1]
+        for key, val in self._cache.items():
+            if key == "special" or (isinstance(key, tuple) and key[0] == "node_vocab"):
+                v._cache[key] = val[n0:n1]
+            elif isinstance(key, tuple) and key[0] == "vocab":
+                v._cache[key] = val[w0:w1]
+            elif isinstance(key, tuple) and key[0] == "batch_char_keys":
+                sel, doc_first, keys, counts, bounds, nbits, dbits = val
+                b0, b1 = int(bounds[d]), int(bounds[d + 1])
+                local = keys[b0:b1] & np.uint64(2 ** (64 - dbits) - 1)
+                hmask = np.uint64(2 ** (64 - dbits - nbits) - 1)
+                v._cache[("char_keys", key[1])] = (
+                    sel[doc_first[d] : doc_first[d + 1]] - n0, local, counts[b0:b1], nbits, hmask
+                )
+        return v
 
     # -- the document left after node filtering ------------------------------------------------
 
@@ -921,7 +1021,7 @@ class KeptText:
         got = a._cache.get(("char_keys", n))
         if got is None or L < n:
             return char_ngram_repetition(self.text, n)
-        sel, keys, counts, bits = got
+        sel, keys, counts, bits, hmask = got
         low = np.uint64((1 << bits) - 1)
         inside = self.kept[sel[(keys & low).astype(np.int64)]]
         hashes, counts = keys[inside] >> np.uint64(bits), counts[inside]  # still sorted by hash
@@ -936,7 +1036,7 @@ class KeptText:
             cps = a.cps if self.kept.all() else _codepoints_u32(self.text)
             win = cps[cross[:, None] + np.arange(n)].astype(np.uint64) + np.uint64(1)
             pw, _ = _powers(n)
-            ch = (win * pw[None, :]).sum(axis=1, dtype=np.uint64) & (np.uint64(2**64 - 1) >> np.uint64(bits))
+            ch = (win * pw[None, :]).sum(axis=1, dtype=np.uint64) & hmask
             ch.sort()
             at = np.searchsorted(hashes, ch)
             hashes = np.insert(hashes, at, ch)
@@ -1348,6 +1448,13 @@ def doc_failure(checks: list[Check], kept: KeptText) -> tuple[Check, float] | No
 # The chain on one document
 
 
+# Documents filtered together by ``filter_documents``: every node check is one numpy pass over
+# all their nodes. Bounded so the batch keys of the character n-gram check keep at least 48 bits
+# of hash (6 bits of document, 10 of node); a document with more text nodes is filtered alone.
+BATCH_DOCS = 64
+_BATCH_MAX_NODES = 1024
+
+
 def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[Reject]]:
     """Apply URL blocklists, language ID, paragraph and document filters to one document.
 
@@ -1356,45 +1463,83 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
     document). The input is not modified. Image nodes are untouched; the image-count rule is
     ``image_count_reason``, applied once images are resolved.
     """
-    tf, rejects = cfg.text_filters, []
+    return filter_documents([doc], cfg)[0]
 
-    def reject(reason: str, det: str) -> Reject:
-        return Reject.of(STAGE, reason, doc.provenance, doc.url, det)
 
+def filter_documents(docs: list[Document], cfg: Config) -> list[tuple[Document | None, list[Reject]]]:
+    """``filter_document`` of each document, in order, with the same results: the documents that
+    pass URL and language checks have their text nodes measured together, up to ``BATCH_DOCS``
+    at a time, so numpy's fixed cost per call is paid once per batch rather than per document."""
+    out: list[tuple[Document | None, list[Reject]] | None] = [None] * len(docs)
+    pending: list[tuple[int, list[int], str, float]] = []  # (index, text node positions, lang, score)
+    for i, doc in enumerate(docs):
+        screened = _screen(doc, cfg)
+        if isinstance(screened, Reject):
+            out[i] = (None, [screened])
+        else:
+            text_at = [j for j, n in enumerate(doc.nodes) if isinstance(n, TextNode)]
+            pending.append((i, text_at, *screened))
+    batch: list[tuple[int, list[int], str, float]] = []
+    for item in pending:
+        if len(item[1]) > _BATCH_MAX_NODES:
+            _filter_batch(docs, [item], cfg, out)
+            continue
+        batch.append(item)
+        if len(batch) >= BATCH_DOCS:
+            _filter_batch(docs, batch, cfg, out)
+            batch = []
+    if batch:
+        _filter_batch(docs, batch, cfg, out)
+    return out  # type: ignore[return-value]
+
+
+def _screen(doc: Document, cfg: Config) -> tuple[str, float] | Reject:
+    """URL blocklists then language ID: the document's Reject, or its (language, score)."""
+    tf = cfg.text_filters
     blocked = url_block_reason(doc.url, tf)
     if blocked:
-        return None, [reject(blocked[0], blocked[1])]
-
+        return Reject.of(STAGE, blocked[0], doc.provenance, doc.url, blocked[1])
     lang, score = langid.detect([t for t in doc.texts if t], cfg.language.detector)
     reason = language_reason(lang, score, cfg.language)
     if reason:
-        return None, [reject(reason, f"{lang or 'none'} {score:.3f}")]
+        return Reject.of(STAGE, reason, doc.provenance, doc.url, f"{lang or 'none'} {score:.3f}")
+    return lang, score
 
+
+def _filter_batch(docs: list[Document], batch: list[tuple[int, list[int], str, float]], cfg: Config, out: list) -> None:
+    """Paragraph then document filters of the screened documents ``batch``, results into ``out``."""
+    tf = cfg.text_filters
     node_cs, doc_cs, suffix = _configured(tf)
-    text_at = [i for i, n in enumerate(doc.nodes) if isinstance(n, TextNode)]
-    arrays = DocArrays([doc.nodes[i].text for i in text_at])
-    failures = node_failures(node_cs, arrays)
-    dropped = set()
-    prov = doc.provenance
-    where = (prov.warc_filename, prov.warc_record_offset) if prov is not None else ("", -1)
-    for i, failed in zip(text_at, failures):
-        if failed:
-            dropped.add(i)
-            name = failed[0].name  # detail(...) as below, with the threshold part formatted once
-            det = f"{_fmt(failed[1])}{suffix[name]}{i})"
-            rejects.append(Reject(STAGE, name, doc.url, where[0], where[1], det))
-    nodes = [n for i, n in enumerate(doc.nodes) if i not in dropped] if dropped else list(doc.nodes)
-
-    kept = dataclasses.replace(doc, nodes=nodes, language=lang, language_score=round(score, 4))
-    kept_mask = np.fromiter((f is None for f in failures), dtype=bool, count=len(failures))
+    texts = [[docs[i].nodes[j].text for j in text_at] for i, text_at, _, _ in batch]
+    arrays = DocArrays(texts[0]) if len(batch) == 1 else DocArrays.batch(texts)
+    all_failures = node_failures(node_cs, arrays)
     wanted_n = {*(tf.gopher_top_ngram_char_frac or {}), *(tf.gopher_dup_ngram_char_frac or {})}
     if tf.doc_max_word_repetition is not None:
         wanted_n.add(5)
-    failed = doc_failure(doc_cs, arrays.keep(kept_mask, tuple(wanted_n)))
-    if failed:
-        rejects.append(reject(failed[0].name, detail(failed[0], failed[1])))
-        return None, rejects
-    return kept, rejects
+    start = 0
+    for d, (i, text_at, lang, score) in enumerate(batch):
+        doc = docs[i]
+        failures = all_failures[start : start + len(text_at)]
+        start += len(text_at)
+        rejects = []
+        dropped = set()
+        prov = doc.provenance
+        where = (prov.warc_filename, prov.warc_record_offset) if prov is not None else ("", -1)
+        for j, failed in zip(text_at, failures):
+            if failed:
+                dropped.add(j)
+                name = failed[0].name  # detail(...) as below, with the threshold part formatted once
+                det = f"{_fmt(failed[1])}{suffix[name]}{j})"
+                rejects.append(Reject(STAGE, name, doc.url, where[0], where[1], det))
+        nodes = [n for j, n in enumerate(doc.nodes) if j not in dropped] if dropped else list(doc.nodes)
+        kept_mask = np.fromiter((f is None for f in failures), dtype=bool, count=len(failures))
+        view = arrays if len(batch) == 1 else arrays.doc_view(d)
+        failed = doc_failure(doc_cs, view.keep(kept_mask, tuple(wanted_n)))
+        if failed:
+            rejects.append(Reject.of(STAGE, failed[0].name, doc.provenance, doc.url, detail(failed[0], failed[1])))
+            out[i] = (None, rejects)
+        else:
+            out[i] = (dataclasses.replace(doc, nodes=nodes, language=lang, language_score=round(score, 4)), rejects)
 
 
 def image_count_reason(doc: Document, cfg: Config) -> str | None:
@@ -1423,7 +1568,11 @@ def keep_sampled(key: str, rate: float) -> bool:
 
 
 class _FilterTextFn(beam.DoFn):
-    """Document -> kept Document (main) and Reject (tag ``rejects``)."""
+    """Document -> kept Document (main) and Reject (tag ``rejects``).
+
+    Documents are buffered and filtered ``BATCH_DOCS`` at a time (``filter_documents``); each
+    output keeps its input's window and timestamp, and outputs follow the input order within a
+    bundle."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -1449,21 +1598,36 @@ class _FilterTextFn(beam.DoFn):
             c = self._counters[name] = Metrics.counter("m3w", f"{STAGE}.{name}")
         return c
 
-    def process(self, doc: Document) -> Iterator:
-        kept, rejects = filter_document(doc, self.cfg)
+    def start_bundle(self) -> None:
+        self._buffer: list[tuple[Document, object, object]] = []  # (document, window, timestamp)
+
+    def process(self, doc: Document, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam) -> Iterator:
+        self._buffer.append((doc, window, timestamp))
+        if len(self._buffer) >= BATCH_DOCS:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterator:
+        yield from self._flush()
+
+    def _flush(self) -> Iterator:
+        buffered, self._buffer = self._buffer, []
+        if not buffered:
+            return
         out = self.cfg.output
-        n_node_rejects = len(rejects) - (kept is None)
-        for i, r in enumerate(rejects):
-            is_node = i < n_node_rejects
-            self._counter(("nodes_dropped_" if is_node else "dropped_") + r.reason).inc()
-            if not out.rejects:
-                continue
-            if is_node and not keep_sampled(f"{doc.doc_id}\0{r.detail}", out.rejects_sample_rate):
-                continue
-            yield beam.pvalue.TaggedOutput("rejects", r)
-        if kept is not None:
-            self._kept.inc()
-            yield kept
+        results = filter_documents([d for d, _, _ in buffered], self.cfg)
+        for (doc, window, timestamp), (kept, rejects) in zip(buffered, results):
+            n_node_rejects = len(rejects) - (kept is None)
+            for i, r in enumerate(rejects):
+                is_node = i < n_node_rejects
+                self._counter(("nodes_dropped_" if is_node else "dropped_") + r.reason).inc()
+                if not out.rejects:
+                    continue
+                if is_node and not keep_sampled(f"{doc.doc_id}\0{r.detail}", out.rejects_sample_rate):
+                    continue
+                yield beam.pvalue.TaggedOutput("rejects", WindowedValue(r, timestamp, (window,)))
+            if kept is not None:
+                self._kept.inc()
+                yield WindowedValue(kept, timestamp, (window,))
 
 
 class FilterText(beam.PTransform):

@@ -276,3 +276,33 @@ def test_filter_text_samples_node_rejects_but_counts_them():
     result.wait_until_finish()
     q = result.metrics().query(MetricsFilter().with_name("text_filter.nodes_dropped_node_min_words"))["counters"]
     assert sum(m.committed for m in q) == 1
+
+
+def test_filter_text_composite_batches_keep_every_document_and_its_window():
+    """More documents than one batch, in timestamped fixed windows: every kept document comes
+    out once, in its own window, exactly as ``filter_document`` keeps it."""
+    from apache_beam.transforms import window
+
+    docs = [doc([EN[i % 3], EN[(i + 1) % 3], EN[(i + 2) % 3], f"Page {i} | Home"], url=f"https://e.org/{i}", offset=i) for i in range(F.BATCH_DOCS + 9)]
+    docs.append(doc(FR, url="https://example.fr/cote", offset=999))
+    single = [F.filter_document(d, Config()) for d in docs]
+    expected = [(d.doc_id, i // 10) for i, (d, (kept, _)) in enumerate(zip(docs, single)) if kept is not None]
+    assert len(expected) == F.BATCH_DOCS + 9
+    expected_rejects = [(r.reason, r.url, r.detail) for _, rejects in single for r in rejects]
+    assert {r[0] for r in expected_rejects} == {"node_min_words", "language"}
+    p = TestPipeline()
+    stamped = (
+        p
+        | beam.Create(list(enumerate(docs)))
+        | beam.Map(lambda x: window.TimestampedValue(x[1], x[0] * 6))
+        | beam.WindowInto(window.FixedWindows(60))
+    )
+    out = stamped | "FilterText" >> F.FilterText(Config())
+
+    class WithWindow(beam.DoFn):
+        def process(self, d, w=beam.DoFn.WindowParam):
+            yield d.doc_id, int(w.start) // 60
+
+    assert_that(out.documents | "Windows" >> beam.ParDo(WithWindow()), equal_to(expected), label="Docs")
+    assert_that(out.rejects | beam.Map(lambda r: (r.reason, r.url, r.detail)), equal_to(expected_rejects), label="Rejects")
+    p.run().wait_until_finish()

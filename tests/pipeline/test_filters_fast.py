@@ -284,3 +284,32 @@ def test_fast_chain_verdicts_equal_reference_chain_on_arbitrary_text(parts):
     cfg.language.keep = None
     cfg.language.min_score = None
     assert_same_verdict(_document(parts), cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: ``filter_documents`` gives each document exactly ``filter_document``'s result
+
+
+def test_batched_chain_equals_single_document_chain_on_real_pages(real_documents):
+    no_language = Config()
+    no_language.language.keep = None
+    no_language.language.min_score = None
+    for cfg in (CFG, no_language):
+        single = [F.filter_document(d, cfg) for d in real_documents]
+        assert F.filter_documents(real_documents, cfg) == single
+        # batches of every size, and out of order
+        assert F.filter_documents(real_documents[::-1][:7], cfg) == single[::-1][:7]
+    kept = [r for r in F.filter_documents(real_documents, no_language) if r[0] is not None]
+    assert 20 <= len(kept) < len(real_documents)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(texts, max_size=5), min_size=1, max_size=6))
+def test_batched_chain_equals_single_document_chain_on_arbitrary_text(docs_parts):
+    cfg = Config()
+    cfg.language.keep = None
+    cfg.language.min_score = None
+    docs = [_document(parts, url=f"https://example.org/{i}") for i, parts in enumerate(docs_parts)]
+    assert F.filter_documents(docs, cfg) == [F.filter_document(d, cfg) for d in docs]
+    for d in docs:
+        assert_same_verdict(d, cfg)
