@@ -313,3 +313,13 @@ def test_batched_chain_equals_single_document_chain_on_arbitrary_text(docs_parts
     assert F.filter_documents(docs, cfg) == [F.filter_document(d, cfg) for d in docs]
     for d in docs:
         assert_same_verdict(d, cfg)
+
+
+def test_batched_chain_filters_a_document_with_many_nodes_alone_with_the_same_result(real_documents):
+    cfg = Config()
+    cfg.language.keep = None
+    cfg.language.min_score = None
+    many = [n.text for d in real_documents[:40] for n in d.nodes if isinstance(n, TextNode)]
+    assert len(many) > F._BATCH_MAX_NODES
+    docs = real_documents[:3] + [_document(many, url="https://example.org/many")] + real_documents[3:6]
+    assert F.filter_documents(docs, cfg) == [F.filter_document(d, cfg) for d in docs]
