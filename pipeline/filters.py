@@ -668,6 +668,19 @@ class DocArrays:
 
         return self._get("special", make)
 
+    def node_tokens(self) -> np.ndarray:
+        """Whitespace tokens per node (``len(text.split())``): characters that are not whitespace
+        and follow whitespace or the start; the blank-line separators start none."""
+
+        def make():
+            if not self.n_nodes:
+                return np.zeros(0, dtype=np.int64)
+            start = ~self.space
+            start[1:] &= self.space[:-1]
+            return np.add.reduceat(np.append(start, False), self.starts, dtype=np.int64)
+
+        return self._get("node_tokens", make)
+
     def word_has_alpha(self) -> np.ndarray:
         """Whether each word has a letter. Nearly every word starts with one; the few others are
         searched character by character."""
@@ -819,6 +832,9 @@ class DocArrays:
         v.word_node = self.word_node[w0:w1] - n0
         v.word_len, v.word_id = self.word_len[w0:w1], self.word_id[w0:w1]
         v.node_words = self.node_words[n0:n1]
+        # Needed by most documents' checks: computed once for the batch.
+        v._cache["node_tokens"] = self.node_tokens()[n0:n1]
+        v._cache["word_alpha"] = self.word_has_alpha()[w0:w1]
         for key, val in self._cache.items():
             if key == "special" or (isinstance(key, tuple) and key[0] == "node_vocab"):
                 v._cache[key] = val[n0:n1]
@@ -908,10 +924,7 @@ class KeptText:
         """Tokens with a letter over whitespace tokens: a token has a letter exactly when its
         word does (letters are never stripped)."""
         a = self.a
-        # Tokens never span the blank-line separators: all tokens less those of dropped nodes.
-        tokens = a._get("tokens", lambda: _token_count(a.space))
-        if not self.kept.all():
-            tokens -= sum(len(a.texts[i].split()) for i in np.flatnonzero(~self.kept).tolist())
+        tokens = int(a.node_tokens()[self.nodes].sum())  # tokens never span the separators
         if not tokens:
             return 0.0
         return int(a.word_has_alpha()[self.word_mask].sum()) / tokens
@@ -1064,13 +1077,6 @@ class KeptText:
                 ellipses = sum(1 for s in lines if s.endswith(("...", "…")))
                 self._line_shares = (bullets / len(lines), ellipses / len(lines))
         return self._line_shares
-
-
-def _token_count(space: np.ndarray) -> int:
-    """``len(text.split())`` from the text's whitespace flags: non-space runs."""
-    if not len(space):
-        return 0
-    return int(not space[0]) + int(np.count_nonzero(space[:-1] > space[1:]))
 
 
 # ---------------------------------------------------------------------------------------------
