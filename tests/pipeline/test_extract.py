@@ -125,6 +125,17 @@ def test_data_uris_pixels_and_icons_dropped():
     assert [i.url for i in images(nodes_of(body))] == ["http://example.com/photo.jpg"]
 
 
+def test_url_word_checks_ignore_case_also_in_non_ascii_urls():
+    body = (
+        '<img src="/img/Site-LOGO.PNG" width="200">'
+        '<img src="/img/Ünïcode-Icon.png" width="200">'
+        '<img src="/img/café.jpg" width="200">'
+        '<img src="/img/BLANK.gif" data-src="/img/real-photo.jpg">'
+    )
+    urls = [i.url for i in images(nodes_of(body))]
+    assert urls == ["http://example.com/img/café.jpg", "http://example.com/img/real-photo.jpg"]
+
+
 def test_declared_size_and_alt_kept():
     (img,) = images(nodes_of('<img src="a.jpg" width="640px" height="480" alt="  A  red\n bus ">'))
     assert (img.declared_width, img.declared_height, img.alt) == (640, 480, "A red bus")
@@ -235,6 +246,14 @@ def test_reading_order_of_text_and_images():
 def test_inline_text_merged_and_blocks_separated():
     body = "<p>One <b>bold</b> and <a href=#>a link</a>,\n   spread   over lines.</p><div>Two<span> parts</span></div>"
     assert texts(nodes_of(body)) == ["One bold and a link, spread over lines.", "Two parts"]
+
+
+def test_custom_elements_read_as_inline_on_every_page():
+    # lexbor numbers custom elements per document: their names must not leak between pages.
+    first = nodes_of("<my-card><p>First page.</p><x-note>note</x-note></my-card><p>After.</p>")
+    second = nodes_of("<x-note><p>Second page.</p></x-note><my-card>card</my-card><nav>menu</nav><p>End.</p>")
+    assert texts(first) == ["First page.", "note", "After."]
+    assert texts(second) == ["Second page.", "card", "End."]
 
 
 def test_br_breaks_lines_inside_a_paragraph():
