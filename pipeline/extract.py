@@ -108,7 +108,9 @@ _LAZY_SRC_ATTRS = (
 _LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "data-original-set")
 _IMAGE_URL = re.compile(r"\.(?:jpe?g|png|webp|gif|avif|bmp)(?:$|[?#])", re.I)
 # src values that a lazy loader replaces: the real URL is in another attribute.
-_PLACEHOLDER_WORDS = ("blank.", "placeholder", "spacer", "1x1", "transparent.", "pixel.gif", "grey.gif", "loading", "lazy")
+_PLACEHOLDER_WORDS = (
+    "blank.", "placeholder", "spacer", "1x1", "transparent.", "pixel.gif", "grey.gif", "loading", "lazy"
+)
 _PLACEHOLDER = re.compile("|".join(map(re.escape, _PLACEHOLDER_WORDS)), re.I)
 
 
