@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.py requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[train,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -47,8 +47,9 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["schemas*", "pipeline*", "dedup*", "model*"]),
     package_data={"pipeline": ["*.yaml", "data/*"]},
-    install_requires=PIPELINE + MODEL,
-    extras_require={"test": TEST},
+    # Beam workers (--setup_file) install the pipeline's needs only; the trainer's come with [train].
+    install_requires=PIPELINE,
+    extras_require={"train": MODEL, "test": MODEL + TEST},
     entry_points={
         "console_scripts": [
             "build-m3w=pipeline.cli:main",
