@@ -130,7 +130,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     from pipeline.extract import ExtractDocuments
     from pipeline.filters import FilterText
     from pipeline.images import DropRepeatedImages, ProcessImages
-    from pipeline.join import AttachImages, SelectReferencedImages, reject_missing
+    from pipeline.join import AttachImages, SelectReferencedImages
     from pipeline.shards import WriteShards, WriteSortedJsonLines
     from pipeline.warc import ReadWarcFiles
 
@@ -163,7 +163,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         rejects.append(fetched.rejects)
         records = (records, fetched.images) | "AllImageRecords" >> beam.Flatten()
     else:
-        rejects.append(missing | "MissingImageRejects" >> beam.Map(reject_missing))
+        rejects.append(selected.missing_rejects)
     processed = records | "ProcessImages" >> ProcessImages(cfg.images, cfg.limits)
     rejects.append(processed.rejects)
     docs = (docs, processed.images) | "AttachImages" >> AttachImages()

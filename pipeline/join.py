@@ -31,6 +31,12 @@ def image_refs(doc: Document) -> Iterator[tuple[str, str]]:
                 yield key, doc.doc_id
 
 
+def image_refs_with_source(doc: Document) -> Iterator[tuple[str, tuple[str, str, str, int]]]:
+    """Like ``image_refs``, with the referencing page's URL and WARC location (for rejects)."""
+    for key, doc_id in image_refs(doc):
+        yield key, (doc_id, doc.url, doc.provenance.warc_filename, doc.provenance.warc_record_offset)
+
+
 def choose_record(records: list[ImageRecord]) -> ImageRecord:
     """Newest capture, ties broken by file and offset: the choice never depends on arrival order."""
     ordered = sorted(records, key=lambda r: (r.provenance.warc_filename, r.provenance.warc_record_offset))
@@ -46,9 +52,9 @@ class _SelectFn(beam.DoFn):
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         url, groups = element
-        has_refs = any(True for _ in groups["refs"])
+        refs = list(groups["refs"])
         records = list(groups["records"])
-        if not has_refs:
+        if not refs:
             self.unreferenced.inc(len(records))
             return
         self.referenced.inc()
@@ -60,20 +66,27 @@ class _SelectFn(beam.DoFn):
         else:
             self.missing.inc()
             yield beam.pvalue.TaggedOutput("missing", url)
+            # The image has no record of its own: its provenance is the first page (by id) citing it.
+            _, page_url, warc, offset = min(refs)
+            yield beam.pvalue.TaggedOutput(
+                "missing_rejects",
+                Reject("join", "image_not_in_crawl", url, warc, offset, f"referenced by {len(refs)} document(s), first {page_url}"),
+            )
 
 
 class SelectReferencedImages(beam.PTransform):
     """(PCollection[Document], PCollection[ImageRecord]) → tagged ``records`` (one ImageRecord per
-    referenced URL found in the crawl, url normalised) and ``missing`` (referenced URLs not in it)."""
+    referenced URL found in the crawl, url normalised), ``missing`` (referenced URLs not in it) and
+    ``missing_rejects`` (one Reject per missing URL, with the citing page's provenance)."""
 
     def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> Any:
         docs, records = pcolls
-        refs = docs | "ImageRefs" >> beam.FlatMap(image_refs)
+        refs = docs | "ImageRefs" >> beam.FlatMap(image_refs_with_source)
         keyed = records | "KeyRecordsByUrl" >> beam.Map(lambda r: (normalize_url(r.url), r))
         return (
             {"refs": refs, "records": keyed}
             | "GroupByImageUrl" >> beam.CoGroupByKey()
-            | "SelectRecord" >> beam.ParDo(_SelectFn()).with_outputs("missing", main="records")
+            | "SelectRecord" >> beam.ParDo(_SelectFn()).with_outputs("missing", "missing_rejects", main="records")
         )
 
 
@@ -145,7 +158,3 @@ def _fan_out(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[st
     img = images[0]  # one per URL by construction (SelectReferencedImages)
     for doc_id in groups["refs"]:
         yield doc_id, (url, img)
-
-
-def reject_missing(url: str) -> Reject:
-    return Reject(stage="join", reason="image_not_in_crawl", url=url)

@@ -132,6 +132,8 @@ def test_hostile_files_do_not_fail_the_job_and_every_reject_has_reason_and_prove
     reasons = {r["reason"] for r in read}
     assert {"truncated_record", "revisit_duplicate"} <= reasons
     assert all(r["warc_filename"] and r["warc_record_offset"] >= 0 for r in read)
+    # Every reject of every stage names where it came from (a missing image: the page citing it).
+    assert all(r["warc_filename"] and r["reason"] for r in rejects)
     report = json.load(open(os.path.join(corpus, "report.json")))
     # Counters count every drop; the rejects output holds one record per counted read drop.
     counted = sum(v for k, v in report["counters"].items() if k.startswith("read.dropped_"))
