@@ -100,7 +100,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
         return {}
     app, beam_args = build_arg_parser().parse_known_args(argv)
     beam_args += _default_runner_args(beam_args)
-    options = PipelineOptionsFor(beam_args)
+    options = _pipeline_options(beam_args)
     if not app.input:
         raise UserError("no input given; pass --input with WARC files, directories or globs")
     if not app.output:
@@ -198,7 +198,7 @@ def _dirs(formats: list[str]) -> list[str]:
     return [{"wds": "wds", "parquet": "parquet"}[f] for f in formats]
 
 
-def PipelineOptionsFor(argv: list[str]) -> Any:
+def _pipeline_options(argv: list[str]) -> Any:
     from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
     options = PipelineOptions(argv)
