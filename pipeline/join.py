@@ -15,6 +15,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from dedup.urls import capture_rank
 from pipeline.records import ImageRecord, Reject
 from pipeline.urls import normalize_url
 from schemas.document import Document, ImageNode
@@ -38,9 +39,9 @@ def image_refs_with_source(doc: Document) -> Iterator[tuple[str, tuple[str, str,
 
 
 def choose_record(records: list[ImageRecord]) -> ImageRecord:
-    """Newest capture, ties broken by file and offset: the choice never depends on arrival order."""
-    ordered = sorted(records, key=lambda r: (r.provenance.warc_filename, r.provenance.warc_record_offset))
-    return max(ordered, key=lambda r: r.provenance.capture_date)
+    """The newest capture, by the same rank URL dedup keeps pages with (dates compared as times,
+    then file and offset): the choice never depends on arrival order."""
+    return max(records, key=lambda r: capture_rank(r.provenance))
 
 
 class _SelectFn(beam.DoFn):

@@ -112,3 +112,17 @@ def detect(texts: str | Iterable[str], name: str = "resiliparse") -> tuple[str, 
         return "", 0.0
     lang, n = votes.most_common(1)[0]
     return lang, n / total
+
+
+def text_share(texts: Iterable[str | None], languages: Iterable[str], name: str = "py3langid", min_chars: int = 20) -> float:
+    """Share of the characters of ``texts`` (paragraphs of ``min_chars`` or more) that detector
+    ``name`` reads as one of ``languages``, paragraph by paragraph: a second opinion on a page's
+    language, independent of the whole-page verdict."""
+    label = detector(name)
+    wanted = set(languages)
+    total = hits = 0
+    for t in texts:
+        if t and len(t) >= min_chars:
+            total += len(t)
+            hits += len(t) if label(t) in wanted else 0
+    return hits / total if total else 0.0

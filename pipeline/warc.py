@@ -404,13 +404,14 @@ class _Raw:
     detail: str = ""
 
 
-class _CountingReader(io.RawIOBase):
-    """Serves ``prefix`` and then ``raw``; counts bytes handed out so the end offset is known."""
+class _ForwardStream(io.RawIOBase):
+    """A forward-only stream that counts the bytes it hands out (``count``) as its position.
 
-    def __init__(self, raw, prefix: bytes = b"", base: int = 0):
-        self._raw = raw
-        self._prefix = prefix
-        self.count = base
+    FastWARC asks for the position through ``seek``: only no-op seeks are possible here.
+    Subclasses implement ``read``.
+    """
+
+    count = 0
 
     def readable(self) -> bool:
         return True
@@ -419,10 +420,23 @@ class _CountingReader(io.RawIOBase):
         return self.count
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        # FastWARC asks for the position through seek; only no-op seeks are possible on a stream.
         if (whence == 0 and offset == self.count) or (whence == 1 and offset == 0):
             return self.count
         raise io.UnsupportedOperation("seek")
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _CountingReader(_ForwardStream):
+    """Serves ``prefix`` and then ``raw``; counts bytes handed out so the end offset is known."""
+
+    def __init__(self, raw, prefix: bytes = b"", base: int = 0):
+        self._raw = raw
+        self._prefix = prefix
+        self.count = base
 
     def read(self, n: int = -1) -> bytes:
         if self._prefix:
@@ -437,13 +451,8 @@ class _CountingReader(io.RawIOBase):
         self.count += len(data)
         return data
 
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
-
-class _GunzipReader(io.RawIOBase):
+class _GunzipReader(_ForwardStream):
     """Multi-member gunzip over a raw stream, for whole-file gzip WARCs (offsets then are uncompressed)."""
 
     def __init__(self, raw):
@@ -454,17 +463,6 @@ class _GunzipReader(io.RawIOBase):
         self._in_member = False
         self.truncated = False
         self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.count
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if (whence == 0 and offset == self.count) or (whence == 1 and offset == 0):
-            return self.count
-        raise io.UnsupportedOperation("seek")
 
     def read(self, n: int = -1) -> bytes:
         want = n if n is not None and n >= 0 else 1 << 62
@@ -486,11 +484,6 @@ class _GunzipReader(io.RawIOBase):
         out, self._buf = self._buf[:want], self._buf[want:]
         self.count += len(out)
         return out
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 def _read_full(read: Callable[[int], bytes], n: int) -> bytes:

@@ -11,6 +11,7 @@ from pipeline import filters as F
 from pipeline import langid
 from pipeline.config import Config
 from schemas.document import Document, ImageNode, Provenance, TextNode
+from tests.pipeline.test_filters_fast import plain_words
 
 CFG = Config()
 ALL_CHECKS = F.node_checks(CFG.text_filters) + F.doc_checks(CFG.text_filters)
@@ -72,18 +73,7 @@ def test_one_megabyte_of_repetition_measured_in_linear_time(unit):
     assert kept is None and rejects
 
 
-def _reference_words(text: str) -> list[str]:
-    """The definition: whitespace tokens, lower-cased, special characters stripped from both ends."""
-    out = []
-    for tok in text.lower().replace("’", "'").split():
-        i, j = 0, len(tok)
-        while i < j and F.is_special(tok[i]):
-            i += 1
-        while j > i and F.is_special(tok[j - 1]):
-            j -= 1
-        if i < j:
-            out.append(tok[i:j])
-    return out
+_reference_words = plain_words  # the definition: whitespace tokens, lower-cased, special characters stripped
 
 
 @settings(max_examples=200, deadline=None)
