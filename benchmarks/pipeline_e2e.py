@@ -1,7 +1,7 @@
 """End-to-end pages/s through Beam vs the same stage functions in a plain Python loop.
 
 Both runs process the same WARCs with the same config, in the same process, one core each:
-read (iter_warc) → extract_document → filter_document → referenced
+read (iter_warc) → extract_document → filter_documents (batches of 64) → referenced
 images (process_image) → attach → repeated images → image count → shard writers and the rejects file. Dedup (URLs, MinHash, paragraphs, image sets) is grouped work with no per-record equivalent, so
 it is off in both, and ``--copies N`` can repeat the crawl to amortise Beam's fixed start-up cost
 (graph construction, one bundle per stage) the way a real crawl does. The ratio Beam/loop is Beam's overhead (target ≤ 1.3×). The multi-process local runner
@@ -20,7 +20,7 @@ import time
 
 from pipeline.config import load_config
 from pipeline.extract import ExtractionError, extract_document
-from pipeline.filters import filter_document, image_count_reason
+from pipeline.filters import BATCH_DOCS, filter_documents, image_count_reason
 from pipeline.images import ImageRejected, ResolvedImage, drop_images, image_hashes_of, process_image, repeated_in_docs
 from pipeline.join import choose_record
 from pipeline.records import ImageRecord, Page, Reject
@@ -59,17 +59,18 @@ def plain_loop(paths: list[str], out: str) -> int:
                 images.setdefault(normalize_url(item.url), []).append(item)
             else:
                 rejects.append(item)
-    docs = []
+    extracted = []
     for page in pages:
         try:
-            doc = extract_document(page, cfg.extract, cfg.limits)
+            extracted.append(extract_document(page, cfg.extract, cfg.limits))
         except ExtractionError as e:
             rejects.append(Reject.of("extract", str(e), page.provenance, page.url))
-            continue
-        doc, dropped = filter_document(doc, cfg)
-        rejects += dropped
-        if doc is not None:
-            docs.append(doc)
+    docs = []
+    for i in range(0, len(extracted), BATCH_DOCS):  # batched, as FilterText does
+        for doc, dropped in filter_documents(extracted[i : i + BATCH_DOCS], cfg):
+            rejects += dropped
+            if doc is not None:
+                docs.append(doc)
     resolved: dict[str, ResolvedImage] = {}
     for doc in docs:
         for node in doc.nodes:
