@@ -4,7 +4,7 @@
                            └─ images ──────────────────── SelectReferencedImages ◄──────┤
                                  (FetchImages for missing) ─ ProcessImages ─ AttachImages
       ─ DropRepeatedImages ─ Decontaminate ─ DeduplicateDocuments ─ FinalizeDocuments ─ WriteShards
-    every stage's ``rejects`` ─ Flatten ─ WriteRejects
+    every stage's ``rejects`` (single or batched) ─ Flatten ─ WriteRejects
 
 Run it with ``build-m3w build`` (pipeline/cli.py) or ``run(argv)``; runner options pass through.
 """
@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.config import Config
-from pipeline.records import Reject
+from pipeline.records import Reject, keep_sampled
 from schemas.document import Document, ImageNode
 
 REJECTS_DIR = "rejects"
@@ -107,19 +107,21 @@ class _DropImagelessFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("rejects", Reject.of("finalize", "doc_min_images", doc.provenance, doc.url, "images=0"))
 
 
-def reject_to_json(rate: float) -> Any:
-    """Reject → its JSON line, keeping a deterministic ``rate`` sample (counters count them all)."""
-    from pipeline.shards import stable_hash
+def rejects_to_lines(rate: float) -> Any:
+    """A Reject or a list of them → one list of JSON lines, each kept in a deterministic ``rate``
+    sample by its content (counters count them all)."""
 
-    def to_json(r: Reject) -> Iterator[str]:
-        row = dict(vars(r))  # flat dataclass: vars() is 10x dataclasses.asdict()
-        if rate < 1.0:
-            key = "\0".join(str(row[k]) for k in sorted(row))
-            if stable_hash(key) % 1_000_000 >= rate * 1_000_000:
-                return
-        yield json.dumps(row, sort_keys=True, ensure_ascii=False)
+    def to_lines(item: Reject | list[Reject]) -> Iterator[list[str]]:
+        lines = [
+            line
+            for r in (item if isinstance(item, list) else (item,))
+            # flat dataclass: vars() is 10x dataclasses.asdict()
+            if keep_sampled(line := json.dumps(dict(vars(r)), sort_keys=True, ensure_ascii=False), rate)
+        ]
+        if lines:
+            yield lines
 
-    return to_json
+    return to_lines
 
 
 def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config) -> None:
@@ -177,7 +179,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         docs = decon.documents
         _ = (
             decon.matches
-            | "MatchesToJson" >> beam.Map(lambda m: json.dumps(m, sort_keys=True, ensure_ascii=False))
+            | "MatchesToJson" >> beam.Map(lambda m: [json.dumps(m, sort_keys=True, ensure_ascii=False)])
             | "WriteDecontaminationReport" >> WriteSortedJsonLines(output, "decontamination/matches")
         )
     if cfg.dedup.minhash or cfg.dedup.image_set or cfg.dedup.paragraph_max_per_domain is not None:
@@ -192,6 +194,6 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         _ = (
             rejects
             | "FlattenRejects" >> beam.Flatten()
-            | "RejectsToJson" >> beam.FlatMap(reject_to_json(cfg.output.rejects_sample_rate))
+            | "RejectsToJson" >> beam.FlatMap(rejects_to_lines(cfg.output.rejects_sample_rate))
             | "WriteRejects" >> WriteSortedJsonLines(output, f"{REJECTS_DIR}/rejects")
         )

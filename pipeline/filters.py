@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import itertools
 import operator
 import os
@@ -35,7 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import langid
 from pipeline.config import Config, LanguageConfig, TextFilterConfig
-from pipeline.records import Reject
+from pipeline.records import Reject, Rejects
 from schemas.document import Document, TextNode
 
 STAGE = "text_filter"
@@ -1564,18 +1563,8 @@ def image_count_reason(doc: Document, cfg: Config) -> str | None:
 # Beam
 
 
-def keep_sampled(key: str, rate: float) -> bool:
-    """Deterministic sampling: the same key is always kept or always dropped at a given rate."""
-    if rate >= 1.0:
-        return True
-    if rate <= 0.0:
-        return False
-    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
-    return h < rate * 2**64
-
-
 class _FilterTextFn(beam.DoFn):
-    """Document -> kept Document (main) and Reject (tag ``rejects``).
+    """Document -> kept Document (main) and a ``Rejects`` batch per flush and window (tag ``rejects``).
 
     Documents are buffered and filtered ``BATCH_DOCS`` at a time (``filter_documents``); each
     output keeps its input's window and timestamp, and outputs follow the input order within a
@@ -1620,27 +1609,31 @@ class _FilterTextFn(beam.DoFn):
         buffered, self._buffer = self._buffer, []
         if not buffered:
             return
-        out = self.cfg.output
         results = filter_documents([d for d, _, _ in buffered], self.cfg)
+        batch = Rejects()  # one element per window: node rejects are many
+        batch_window = None
         for (doc, window, timestamp), (kept, rejects) in zip(buffered, results):
             n_node_rejects = len(rejects) - (kept is None)
             for i, r in enumerate(rejects):
-                is_node = i < n_node_rejects
-                self._counter(("nodes_dropped_" if is_node else "dropped_") + r.reason).inc()
-                if not out.rejects:
-                    continue
-                if is_node and not keep_sampled(f"{doc.doc_id}\0{r.detail}", out.rejects_sample_rate):
-                    continue
-                yield beam.pvalue.TaggedOutput("rejects", WindowedValue(r, timestamp, (window,)))
+                self._counter(("nodes_dropped_" if i < n_node_rejects else "dropped_") + r.reason).inc()
+            if rejects and self.cfg.output.rejects:
+                if batch and window != batch_window:
+                    yield beam.pvalue.TaggedOutput("rejects", WindowedValue(batch, batch_ts, (batch_window,)))
+                    batch = Rejects()
+                if not batch:
+                    batch_window, batch_ts = window, timestamp
+                batch += rejects
             if kept is not None:
                 self._kept.inc()
                 yield WindowedValue(kept, timestamp, (window,))
+        if batch:
+            yield beam.pvalue.TaggedOutput("rejects", WindowedValue(batch, batch_ts, (batch_window,)))
 
 
 class FilterText(beam.PTransform):
     """PCollection[Document] -> DoOutputsTuple: ``documents`` (kept, failing text nodes removed,
-    language set) and ``rejects`` (Reject per dropped node — sampled at
-    ``output.rejects_sample_rate`` — and per dropped document)."""
+    language set) and ``rejects``: ``Rejects`` batches (every dropped node and document of a
+    batch of documents in one window; ``RejectsToJson`` samples them)."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()

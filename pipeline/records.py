@@ -1,6 +1,7 @@
 """Elements that flow between pipeline stages before they become documents."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from schemas.document import Provenance
@@ -106,8 +107,27 @@ class Reject:
     warc_record_offset: int = -1
     detail: str = ""  # measured value, exception text, the duplicate it lost to, ...
 
+    def __reduce__(self) -> tuple:
+        # Positional fields, not the default state dict: a third of the bytes and pickling time.
+        return Reject, (self.stage, self.reason, self.url, self.warc_filename, self.warc_record_offset, self.detail)
+
     @classmethod
     def of(cls, stage: str, reason: str, prov: Provenance | None = None, url: str = "", detail: str = "") -> "Reject":
         if prov is None:
             return cls(stage, reason, url, "", -1, detail)
         return cls(stage, reason, url, prov.warc_filename, prov.warc_record_offset, detail)
+
+
+class Rejects(list):
+    """A batch of Reject as one element. Beam's default coder encodes a plain list item by item
+    (one pickle call per reject); a list subclass is pickled in one call, 3-4x faster."""
+
+
+def keep_sampled(key: str, rate: float) -> bool:
+    """Deterministic sampling: the same key is always kept or always dropped at a given rate."""
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+    return h < rate * 2**64

@@ -226,32 +226,42 @@ class WriteShards(beam.PTransform):
 
 
 class WriteSortedJsonLines(beam.PTransform):
-    """PCollection[str JSON line] → ``<prefix>-NNNNN-of-MMMMM.jsonl`` files, lines sorted, bucketed by a stable hash.
+    """PCollection[list[str]] (batches of JSON lines) → ``<prefix>-NNNNN-of-MMMMM.jsonl`` files,
+    lines sorted, each line in file ``stable_hash(line) % files``.
 
-    Used for rejects and the decontamination report: deterministic names and contents.
+    Used for rejects and the decontamination report: deterministic names and contents. Lines
+    travel in batches (a stage's rejects of one bundle, say) so that the count, the file
+    assignment and the shuffle handle one element per batch and file, not one per line.
     """
 
     def __init__(self, output_dir: str, prefix: str, rows_per_file: int = 100_000) -> None:
         super().__init__()
         self.output_dir, self.prefix, self.rows_per_file = output_dir, prefix, rows_per_file
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
         per_file = self.rows_per_file
-        lines = rows
         n_files = (
-            lines
-            | "Count" >> beam.combiners.Count.Globally()
+            batches
+            | "CountLines" >> beam.Map(len)
+            | "Total" >> beam.CombineGlobally(sum)
             | "NumFiles" >> beam.Map(lambda n: max(1, math.ceil(n / per_file)))
         )
         side = beam.pvalue.AsSingleton(n_files)
         out, prefix = self.output_dir, self.prefix
 
-        def write(element: tuple[int, Iterable[str]], total: int) -> str:
-            index, group = element
+        def assign(batch: list[str], n: int) -> Iterator[tuple[int, list[str]]]:
+            per: dict[int, list[str]] = {}
+            for line in batch:
+                per.setdefault(stable_hash(line) % n, []).append(line)
+            yield from per.items()
+
+        def write(element: tuple[int, Iterable[list[str]]], total: int) -> str:
+            index, groups = element
             spill = _SortedSpill()
             try:
-                for line in group:
-                    spill.add(line, line)
+                for group in groups:
+                    for line in group:
+                        spill.add(line, line)
                 path = FileSystems.join(out, f"{prefix}-{index:05d}-of-{total:05d}.jsonl")
 
                 def fn(f: Any) -> None:
@@ -264,8 +274,8 @@ class WriteSortedJsonLines(beam.PTransform):
             return path
 
         return (
-            lines
-            | "AssignFile" >> beam.Map(lambda l, n: (stable_hash(l) % n, l), n=side)
+            batches
+            | "AssignFile" >> beam.FlatMap(assign, n=side)
             | "GroupByFile" >> beam.GroupByKey()
             | "WriteFile" >> beam.Map(write, total=side)
         )

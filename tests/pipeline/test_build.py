@@ -16,7 +16,9 @@ import webdataset as wds
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
+from pipeline.build import rejects_to_lines
 from pipeline.cli import main as build_m3w
+from pipeline.records import Reject
 from pipeline.verify import verify
 from schemas.arrow import from_row
 from schemas.document import ImageNode, TextNode, from_json, validate
@@ -174,3 +176,13 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     assert "writable --output" in capsys.readouterr().err
     assert build_m3w(["build", "--input", sample, "--output", str(tmp_path / "o"), "--config", str(tmp_path / "no.yaml")]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+def test_rejects_are_sampled_by_content_deterministically():
+    rejects = [Reject("text_filter", "node_min_words", f"https://e.org/{i}", "a.warc.gz", i, "words=1") for i in range(2000)]
+    assert next(rejects_to_lines(1.0)(rejects)) == [json.dumps(vars(r), sort_keys=True) for r in rejects]
+    assert list(rejects_to_lines(0.0)(rejects)) == []
+    tenth = next(rejects_to_lines(0.1)(rejects))
+    assert 100 < len(tenth) < 300
+    # The same reject is kept whether it arrives alone or in a batch.
+    assert tenth == [line for r in rejects for line in sum(rejects_to_lines(0.1)(r), [])]

@@ -1,12 +1,14 @@
 """Same inputs, same corpus: across runners and worker counts, and after SIGKILL and a rerun."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -60,6 +62,17 @@ def test_runners_and_worker_counts_write_byte_identical_corpora(reference, tmp_p
     assert any(name.startswith("wds/") for name in got) and any(name.startswith("parquet/") for name in got)
     for name in reference:
         assert got[name] == reference[name], f"{name} differs"
+
+
+def test_every_counted_drop_has_its_reject_line(reference):
+    """Rejects travel in batches (a text-filter batch's node and document drops in one element);
+    each drop the counters count is one line of rejects/, under its stage and reason."""
+    lines = [json.loads(line) for name, data in reference.items() if name.startswith("rejects/") for line in data.splitlines()]
+    counters = json.loads(reference["report.json"])["counters"]
+    text = Counter(r["reason"] for r in lines if r["stage"] == "text_filter")
+    counted = Counter({k.split(".", 1)[1].split("dropped_", 1)[1]: v for k, v in counters.items() if k.startswith("text_filter.") and "dropped_" in k})
+    assert text == counted
+    assert sum(text.values()) > 50
 
 
 def test_sigkill_at_random_points_then_rerun_converges(reference, tmp_path):

@@ -224,14 +224,6 @@ def test_image_count_reason():
     assert F.image_count_reason(doc(EN, images=0), cfg) is None
 
 
-def test_reject_sampling_is_deterministic():
-    keys = [f"doc{i}" for i in range(2000)]
-    a = [F.keep_sampled(k, 0.1) for k in keys]
-    assert a == [F.keep_sampled(k, 0.1) for k in keys]
-    assert 100 < sum(a) < 300
-    assert all(F.keep_sampled(k, 1.0) for k in keys) and not any(F.keep_sampled(k, 0.0) for k in keys)
-
-
 # ---------------------------------------------------------------------------------------------
 # Beam
 
@@ -248,7 +240,7 @@ def test_filter_text_composite_outputs_documents_rejects_and_counters():
     p, out = _run_filter(Config(), [english, french])
     assert_that(out.documents | beam.Map(lambda d: (d.doc_id, d.language)), equal_to([(english.doc_id, "en")]), label="Docs")
     assert_that(
-        out.rejects | beam.Map(lambda r: (r.reason, r.url)),
+        out.rejects | beam.FlatMap(lambda b: [(r.reason, r.url) for r in b]),
         equal_to([("node_min_words", english.url), ("language", french.url)]),
         label="Rejects",
     )
@@ -266,12 +258,17 @@ def test_filter_text_composite_outputs_documents_rejects_and_counters():
     }
 
 
-def test_filter_text_samples_node_rejects_but_counts_them():
-    cfg = Config()
-    cfg.output.rejects_sample_rate = 0.0
+def test_filter_text_batches_rejects_and_turning_them_off_keeps_the_counters():
+    english = doc([EN[0], "Home | About", EN[1], EN[2]], offset=1)
     french = doc(FR, url="https://example.fr/cote", offset=2)
-    p, out = _run_filter(cfg, [doc([EN[0], "Home | About", EN[1], EN[2]], offset=1), french])
-    assert_that(out.rejects | beam.Map(lambda r: r.reason), equal_to(["language"]))
+    p, out = _run_filter(Config(), [english, french])
+    assert_that(out.rejects | beam.Map(lambda b: sorted(r.reason for r in b)), equal_to([["language", "node_min_words"]]))
+    p.run().wait_until_finish()
+
+    cfg = Config()
+    cfg.output.rejects = False
+    p, out = _run_filter(cfg, [english, french])
+    assert_that(out.rejects, equal_to([]))
     result = p.run()
     result.wait_until_finish()
     q = result.metrics().query(MetricsFilter().with_name("text_filter.nodes_dropped_node_min_words"))["counters"]
@@ -304,5 +301,5 @@ def test_filter_text_composite_batches_keep_every_document_and_its_window():
             yield d.doc_id, int(w.start) // 60
 
     assert_that(out.documents | "Windows" >> beam.ParDo(WithWindow()), equal_to(expected), label="Docs")
-    assert_that(out.rejects | beam.Map(lambda r: (r.reason, r.url, r.detail)), equal_to(expected_rejects), label="Rejects")
+    assert_that(out.rejects | beam.FlatMap(lambda b: [(r.reason, r.url, r.detail) for r in b]), equal_to(expected_rejects), label="Rejects")
     p.run().wait_until_finish()
