@@ -21,7 +21,9 @@ stops with an error or its last record does not end the file whole (which gives 
 exact length and names the damage where FastWARC stops). After damage, a seekable file is
 read on from the next gzip member or header line that starts a record, so one bad stretch costs
 the records in it and not the rest of the file. Per-record gzip offsets are those of the gzip
-member; for a whole-file gzip WARC they are offsets into the decompressed stream.
+member; for a whole-file gzip WARC they are offsets into the decompressed stream. A record on
+warcio's path whose Content-Length does not end at a record boundary is counted as
+``length_mismatch`` (warcio's own multi-line stderr warning is silenced).
 """
 from __future__ import annotations
 
@@ -517,6 +519,19 @@ def _damage_reason(exc: BaseException) -> str:
 # The reader
 
 
+@functools.lru_cache(maxsize=None)
+def _quiet_archive_iterator() -> type:
+    from warcio.archiveiterator import ArchiveIterator
+
+    class QuietArchiveIterator(ArchiveIterator):
+        """warcio's iterator without its multi-line stderr warning per record whose
+        Content-Length misses the record boundary; ``err_count`` still counts them."""
+
+        INC_RECORD = ""
+
+    return QuietArchiveIterator
+
+
 class _FileReader:
     """State for reading one file: name, limits, counters and the revisit index."""
 
@@ -741,12 +756,13 @@ class _FileReader:
 
     def _warcio(self, reader: _CountingReader, base: int, arc: bool = False) -> Iterator[_Raw]:
         """Records via warcio from the reader's start, which is at ``base`` in the file; damage ends it."""
-        from warcio.archiveiterator import ArchiveIterator
-
         next_offset = base  # where the record being read starts
         try:
-            it = ArchiveIterator(reader, arc2warc=True, no_record_parse=True, check_digests=False)
+            it = _quiet_archive_iterator()(reader, arc2warc=True, no_record_parse=True, check_digests=False)
             for rec in it:
+                if it.err_count:  # the previous record's Content-Length did not end at a record boundary
+                    self.stats["length_mismatch"] += it.err_count
+                    it.err_count = 0
                 h = rec.rec_headers
                 if rec.length is None and not arc and rec.rec_headers.headers:
                     # Without Content-Length warcio would read to the end of the file as one
