@@ -139,6 +139,7 @@ class ResolvedImage:
     phash: str
     original_sha256: str
     source: str  # "warc" | "fetch"
+    original_format: str = ""
     original_data: bytes | None = field(default=None, repr=False)  # only with cfg.keep_originals
 
     @classmethod
@@ -154,6 +155,7 @@ class ResolvedImage:
             phash=p.phash,
             original_sha256=p.original_sha256,
             source=source,
+            original_format=p.original_format,
             original_data=p.original_data,
         )
 
@@ -168,7 +170,9 @@ class ResolvedImage:
             phash=self.phash,
             source=self.source,
             original_sha256=self.original_sha256,
+            original_format=self.original_format or None,
             data=self.data,
+            original_data=self.original_data,
         )
 
 

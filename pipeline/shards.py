@@ -50,6 +50,12 @@ def image_member_name(doc_id: str, position: int, node: ImageNode) -> str:
     return f"{doc_id}.{position:04d}.{_EXT.get(node.format or '', 'bin')}"
 
 
+def original_member_name(doc_id: str, position: int, node: ImageNode) -> str:
+    """The crawled bytes (``images.keep_originals``): ``<doc_id>.original.<pos>.<ext>``, a suffix
+    that readers looking for ``<pos>.<ext>`` members never take for the stored image."""
+    return f"{doc_id}.original.{position:04d}.{_EXT.get(node.original_format or '', 'bin')}"
+
+
 class _HashingWriter(io.RawIOBase):
     """Counts and hashes bytes on their way to the underlying file."""
 
@@ -98,13 +104,16 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_wds(fileobj: Any, docs: Iterable[Document]) -> None:
-    """One webdataset sample per document: ``<doc_id>.json`` then ``<doc_id>.<pos>.<ext>`` per image."""
+    """One webdataset sample per document: ``<doc_id>.json`` then ``<doc_id>.<pos>.<ext>`` per image
+    (and ``<doc_id>.original.<pos>.<ext>`` where the crawled bytes are kept)."""
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for doc in docs:
             _tar_add(tar, f"{doc.doc_id}.json", dumps(doc))
             for pos, node in enumerate(doc.nodes):
                 if isinstance(node, ImageNode) and node.data is not None:
                     _tar_add(tar, image_member_name(doc.doc_id, pos, node), node.data)
+                if isinstance(node, ImageNode) and node.original_data is not None:
+                    _tar_add(tar, original_member_name(doc.doc_id, pos, node), node.original_data)
 
 
 def write_parquet(fileobj: Any, docs: Iterable[Document]) -> None:

@@ -3,7 +3,8 @@
 ``texts`` and ``images`` are aligned lists with exactly one non-null per position (``images``
 holds absolute image URLs, as in OBELICS); ``metadata`` is a JSON string per position (the image
 node's fields, null for text); ``general_metadata`` is a JSON string with url and WARC provenance;
-``image_bytes`` holds the stored bytes aligned with ``images``.
+``image_bytes`` holds the stored bytes aligned with ``images``; ``original_image_bytes`` the bytes as
+crawled where ``images.keep_originals`` kept them (null elsewhere).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ ARROW_SCHEMA = pa.schema(
         pa.field("metadata", pa.list_(pa.string())),
         pa.field("general_metadata", pa.string()),
         pa.field("image_bytes", pa.list_(pa.binary())),
+        pa.field("original_image_bytes", pa.list_(pa.binary())),
     ],
     metadata={"m3w_schema_version": SCHEMA_VERSION},
 )
@@ -32,15 +34,18 @@ ARROW_SCHEMA = pa.schema(
 def to_row(doc: Document) -> dict[str, Any]:
     metadata = []
     image_bytes = []
+    originals = []
     for n in doc.nodes:
         if isinstance(n, ImageNode):
             meta = node_to_json(n)
             meta.pop("type")
             metadata.append(json.dumps(meta, sort_keys=True, separators=(",", ":")))
             image_bytes.append(n.data)
+            originals.append(n.original_data)
         else:
             metadata.append(None)
             image_bytes.append(None)
+            originals.append(None)
     general = {
         "url": doc.url,
         "title": doc.title,
@@ -57,6 +62,8 @@ def to_row(doc: Document) -> dict[str, Any]:
         "metadata": metadata,
         "general_metadata": json.dumps(general, sort_keys=True, ensure_ascii=False, separators=(",", ":")),
         "image_bytes": image_bytes,
+        # One null list instead of a list of nulls when nothing was kept: smaller shards.
+        "original_image_bytes": originals if any(o is not None for o in originals) else None,
     }
 
 
@@ -65,12 +72,14 @@ def from_row(row: dict[str, Any]) -> Document:
     general = json.loads(row["general_metadata"])
     prov_fields = {f.name for f in dataclasses.fields(Provenance)}
     nodes = []
-    for text, url, meta, data in zip(row["texts"], row["images"], row["metadata"], row["image_bytes"]):
+    originals = row.get("original_image_bytes") or [None] * len(row["texts"])
+    columns = (row["texts"], row["images"], row["metadata"], row["image_bytes"], originals)
+    for text, url, meta, data, original in zip(*columns):
         if text is not None:
             nodes.append(TextNode(text))
         else:
             fields = json.loads(meta)
-            nodes.append(ImageNode(**fields, data=data))
+            nodes.append(ImageNode(**fields, data=data, original_data=original))
             assert nodes[-1].url == url, "images[] and metadata[] disagree"
     return Document(
         url=row["url"],

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+# Versions ``validate`` accepts: 1.1 added ``original_format`` (absent from 1.0 documents).
+READABLE_VERSIONS = ("1.0", "1.1")
 
 
 @dataclass
@@ -48,7 +50,10 @@ class ImageNode:
     phash: str | None = None  # 64-bit perceptual hash, hex
     source: str | None = None  # "warc" | "fetch"
     original_sha256: str | None = None  # of the bytes as crawled, before resizing
+    original_format: str | None = None  # of the bytes as crawled, sniffed from them
     data: bytes | None = field(default=None, repr=False, compare=False)  # stored bytes; not in JSON
+    # The bytes as crawled, only with ``images.keep_originals``; not in JSON.
+    original_data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def resolved(self) -> bool:
@@ -94,7 +99,7 @@ def make_doc_id(url: str, prov: Provenance) -> str:
 # ---------------------------------------------------------------------------------------------
 # JSON layout (webdataset member, extract output)
 
-_IMAGE_JSON_FIELDS = [f.name for f in dataclasses.fields(ImageNode) if f.name != "data"]
+_IMAGE_JSON_FIELDS = [f.name for f in dataclasses.fields(ImageNode) if f.name not in ("data", "original_data")]
 
 
 def node_to_json(node: Node) -> dict[str, Any]:
@@ -180,6 +185,7 @@ _IMAGE_TYPES = {
     "phash": (str, type(None)),
     "source": (str, type(None)),
     "original_sha256": (str, type(None)),
+    "original_format": (str, type(None)),
 }
 
 
@@ -188,8 +194,8 @@ def validate(obj: dict[str, Any]) -> list[str]:
     if not isinstance(obj, dict):
         return ["document: not a JSON object"]
     errs: list[str] = []
-    if obj.get("schema_version") != SCHEMA_VERSION:
-        errs.append(f"schema_version: expected {SCHEMA_VERSION!r}, got {obj.get('schema_version')!r}")
+    if obj.get("schema_version") not in READABLE_VERSIONS:
+        errs.append(f"schema_version: expected one of {READABLE_VERSIONS}, got {obj.get('schema_version')!r}")
     for key, typ in _TYPES.items():
         if not isinstance(obj.get(key), typ):
             errs.append(f"{key}: expected {typ.__name__}, got {type(obj.get(key)).__name__}")
