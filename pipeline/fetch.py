@@ -7,8 +7,9 @@ Politeness and safety, all from ``FetchConfig``:
 - robots.txt (RFC 9309 via protego), fetched once per host per worker and cached; 4xx means
   no rules, 5xx or unreachable means nothing may be fetched; Crawl-delay is honoured;
 - ``X-Robots-Tag: noai / noimageai / noindex / noimageindex`` drops the image after the headers;
-- per-host concurrency and request rate; URLs are grouped by host so one host is served by one
-  worker at a time, and a worker interleaves hosts instead of waiting on a slow one;
+- per-host concurrency and request rate (the rate for redirect targets too); URLs are grouped
+  by host so one host is served by one worker at a time, and a worker interleaves hosts instead
+  of waiting on a slow one;
 - a timeout per attempt (connect + headers + body), a byte cap, retries with exponential backoff
   on 5xx, 429, timeouts and dropped connections;
 - private, loopback, link-local, multicast and reserved addresses are refused after DNS
@@ -21,8 +22,9 @@ rebuilt from the archive without fetching again (pass ``<output>/fetched/*.warc.
 records are stored under the URL the pages reference, the final URL of a redirect in the
 ``M3W-Final-URI`` field). Only the standard library, warcio and protego.
 
-Known limits: the per-host rate applies to the host a URL names; a redirect to another host
-(a CDN) is fetched in the same slot. DNS lookups use the system resolver and its own timeout.
+A redirect to another host (a CDN) waits for that host's request slot, so the per-host rate holds
+for redirect targets too (their concurrency is not counted). Known limits: DNS lookups use the
+system resolver and its own timeout.
 The archive is written with local file operations (``archive_dir`` must be a local or mounted
 path). Leftover ``*.part`` files are bundles that failed and were retried.
 """
@@ -185,6 +187,9 @@ class Fetcher:
     def __init__(self, cfg: FetchConfig, resolver: Resolver = system_resolver):
         self.cfg = cfg
         self._resolve = resolver
+        # Called with a host key before a redirect's request to another host; returns the
+        # seconds it waited for that host's request slot (``FetchEngine`` sets it).
+        self.hop_gate: Callable[[str], float] | None = None
         self._robots: dict[str, object] = {}  # host key -> Protego | "allow" | ("fail", reason, detail)
         self._robots_lock = threading.Lock()
         self._robots_events: dict[str, threading.Event] = {}
@@ -279,7 +284,18 @@ class Fetcher:
         """GET with redirects; every hop is address-checked and (for images) robots-checked."""
         deadline = time.monotonic() + self.cfg.timeout_s
         current = url
+        previous = host_key(url)
         for _hop in range(self.cfg.max_redirects + 1):
+            key = host_key(current)
+            if key != previous and self.hop_gate is not None:
+                # Another host (a CDN, say) gets its own rate: wait for its slot (one for its
+                # robots.txt first when that is still unknown); waiting does not eat the
+                # attempt's timeout.
+                if check_robots and not self.robots_known(key):
+                    deadline += self.hop_gate(key)
+                    self._check_robots(current)
+                deadline += self.hop_gate(key)
+            previous = key
             if check_robots:
                 self._check_robots(current)
             res = self._get(current, max_bytes, deadline)
@@ -446,6 +462,7 @@ class FetchEngine:
     def __init__(self, cfg: FetchConfig, resolver: Resolver = system_resolver):
         self.cfg = cfg
         self.fetcher = Fetcher(cfg, resolver)
+        self.fetcher.hop_gate = self._wait_for_slot
         self._cv = threading.Condition()
         self._hosts: collections.OrderedDict[str, _Host] = collections.OrderedDict()
         self._done: collections.deque[FetchResult] = collections.deque()
@@ -503,6 +520,21 @@ class FetchEngine:
         rate = self.cfg.per_host_rate
         base = 1.0 / rate if rate else 0.0
         return max(base, self.fetcher.crawl_delay(key))
+
+    def _wait_for_slot(self, key: str) -> float:
+        """Take ``key``'s next request slot for a redirect hop, sleeping until it comes; returns
+        the seconds slept. Slots are handed out under the lock, so concurrent hops to one host
+        (and its own queued URLs) stay ``_interval`` apart."""
+        with self._cv:
+            host = self._hosts.get(key)
+            if host is None:
+                host = self._hosts[key] = _Host(key)
+            now = time.monotonic()
+            at = max(now, host.next_slot)
+            host.next_slot = at + self._interval(key)
+        if at > now:
+            time.sleep(at - now)
+        return at - now
 
     def _retry_after(self, res: FetchResult) -> float:
         """Seconds a 429/503 asked us to wait (Retry-After in seconds), capped like Crawl-delay."""

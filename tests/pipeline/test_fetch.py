@@ -52,6 +52,7 @@ class Server:
         self.hits: collections.Counter[str] = collections.Counter()
         self.times: list[tuple[float, str]] = []
         self.user_agents: set[str] = set()
+        self.cdn = ""  # where /cdn/<name> redirects (another server's base URL)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -118,6 +119,8 @@ class Server:
                     return self._send(302, b"", [("Location", "http://169.254.169.254/latest/meta-data/")])
                 if path == "/redirect-loopback.jpg":
                     return self._send(302, b"", [("Location", f"http://127.0.0.2:{outer.port}/img/a.jpg")])
+                if path.startswith("/cdn/"):
+                    return self._send(302, b"", [("Location", f"{outer.cdn}/rate/{path[5:]}")])
                 if path == "/redirect-loop.jpg":
                     return self._send(302, b"", [("Location", "/redirect-loop.jpg")])
                 return self._send(404, b"")
@@ -275,6 +278,29 @@ def test_per_host_rate_limit_is_observed(server):
     assert len(starts) == 7
     assert gaps.min() >= 1 / rate - 0.02, gaps
     assert elapsed >= 6 / rate - 0.05
+
+
+def test_per_host_rate_holds_for_redirect_targets(server):
+    """Six sites whose images all redirect to one CDN: each site gets one request, and the CDN's
+    requests (its robots.txt included) still start 1/rate apart."""
+    cdn = Server()
+    server.cdn = cdn.base
+    try:
+        sites = [f"site{i}.example" for i in range(6)]
+
+        def resolver(host, port):
+            if host in sites or host == "127.0.0.1":
+                return ["127.0.0.1"]
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        rate = 10.0
+        got = fetch([f"http://{h}:{server.port}/cdn/{i}.jpg" for i, h in enumerate(sites)], cfg(per_host_rate=rate, timeout_s=2.0), resolver)
+    finally:
+        cdn.close()
+    assert all(r.ok for r in got) and {r.final_url for r in got} == {f"{cdn.base}/rate/{i}.jpg" for i in range(6)}
+    starts = sorted(ts for ts, _ in cdn.times)
+    assert len(starts) == 7  # robots.txt + 6 images
+    assert np.diff(starts).min() >= 1 / rate - 0.02, np.diff(starts)
 
 
 def test_robots_crawl_delay_and_retry_after_are_honoured():
