@@ -23,10 +23,11 @@ records are stored under the URL the pages reference, the final URL of a redirec
 ``M3W-Final-URI`` field). Only the standard library, warcio and protego.
 
 A redirect to another host (a CDN) waits for that host's request slot, so the per-host rate holds
-for redirect targets too (their concurrency is not counted). Known limits: DNS lookups use the
-system resolver and its own timeout.
-The archive is written with local file operations (``archive_dir`` must be a local or mounted
-path). Leftover ``*.part`` files are bundles that failed and were retried.
+for redirect targets too (their concurrency is not counted). DNS lookups use the system resolver
+within the attempt's timeout: a lookup that outlasts it fails the attempt (``timeout``, retried)
+without waiting for the resolver. Known limits: the archive is written with local file operations
+(``archive_dir`` must be a local or mounted path). Leftover ``*.part`` files are bundles that
+failed and were retried.
 """
 from __future__ import annotations
 
@@ -208,7 +209,7 @@ class Fetcher:
         if p.scheme not in ("http", "https") or not p.hostname:
             raise _Fail("bad_url", url[:200])
         try:
-            addresses = self._resolve(p.hostname, port)
+            addresses = self._resolve_by(p.hostname, port, deadline)
         except (OSError, UnicodeError) as e:  # socket.gaierror and friends
             raise _Fail("dns_error", f"{p.hostname}: {e}") from None
         if not addresses:
@@ -228,6 +229,30 @@ class Fetcher:
         conn._create_connection = lambda addr, *a, **kw: socket.create_connection((ip, addr[1]), *a, **kw)
         target = (p.path or "/") + (f"?{p.query}" if p.query else "")
         return conn, target, ip
+
+    def _resolve_by(self, host: str, port: int, deadline: float) -> list[str]:
+        """The resolver's answer within the attempt's time. getaddrinfo has no timeout of its own,
+        so it runs in a daemon thread that is abandoned (not waited for) when time runs out."""
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            raise _Fail("timeout", f"no time left to resolve {host}")
+        answer: list = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                answer.append(self._resolve(host, port))
+            except BaseException as e:  # handed to the waiting thread
+                answer.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=lookup, name="m3w-dns", daemon=True).start()
+        if not done.wait(timeout):
+            raise _Fail("timeout", f"DNS lookup of {host} gave no answer in {timeout:.1f} s")
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        return answer[0]
 
     def _get(self, url: str, max_bytes: int, deadline: float) -> FetchResult:
         """One GET without following redirects. Raises _Fail on transport errors."""

@@ -266,6 +266,17 @@ def test_private_addresses_are_refused_after_dns_resolution(server):
     assert bad.reason == "bad_url"
 
 
+def test_a_dns_lookup_that_hangs_times_out_with_the_attempt(server):
+    def hanging(host, port):  # a resolver that never answers in time
+        time.sleep(3.0)
+        return ["127.0.0.1"]
+
+    t = time.monotonic()
+    (res,) = fetch([f"http://slow-dns.example:{server.port}/img/a.jpg"], cfg(timeout_s=0.3, retries=1, respect_robots=False), hanging)
+    assert res.reason == "timeout" and "DNS" in res.detail and res.attempts == 2
+    assert time.monotonic() - t < 1.5  # two 0.3 s attempts and a backoff, not the resolver's 3 s
+
+
 def test_per_host_rate_limit_is_observed(server):
     rate = 10.0
     urls = [f"{server.base}/rate/{i}.jpg" for i in range(6)]
