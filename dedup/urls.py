@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -47,68 +47,62 @@ def describe(prov: Provenance) -> str:
     return f"kept {prov.capture_date} {os.path.basename(prov.warc_filename)}@{prov.warc_record_offset}"
 
 
-class _NewestPage(beam.CombineFn):
-    """Accumulator: (best Page or None, provenances of the captures it beat).
-
-    Combining keeps one page per key per bundle, so only small provenance records of the losers
-    travel through the shuffle, not their HTML.
-    """
-
-    def create_accumulator(self) -> tuple[Page | None, list[Provenance]]:
-        return (None, [])
-
-    def add_input(self, acc: tuple[Page | None, list[Provenance]], page: Page) -> tuple[Page | None, list[Provenance]]:
-        return self.merge_accumulators([acc, (page, [])])
-
-    def merge_accumulators(self, accs: Any) -> tuple[Page | None, list[Provenance]]:
-        best: Page | None = None
-        losers: list[Provenance] = []
-        for page, lost in accs:
-            losers.extend(lost)
-            if page is None:
-                continue
-            if best is None:
-                best = page
-            elif capture_rank(page.provenance) > capture_rank(best.provenance):
-                losers.append(best.provenance)
-                best = page
-            else:
-                losers.append(page.provenance)
-        return (best, losers)
-
-    def extract_output(self, acc: tuple[Page | None, list[Provenance]]) -> tuple[Page | None, list[Provenance]]:
-        return acc
+def duplicate_captures(item: tuple[str, Iterable[tuple[str, Provenance]]]) -> Iterator[tuple[tuple[str, int], Reject]]:
+    """One URL's captures → ((WARC file, offset), Reject) for every capture but the newest."""
+    _, captures = item
+    captures = list(captures)
+    if len(captures) < 2:
+        return
+    url, kept = max(captures, key=lambda c: capture_rank(c[1]))
+    for _, prov in sorted(captures, key=lambda c: capture_rank(c[1]))[:-1]:
+        yield (prov.warc_filename, prov.warc_record_offset), Reject.of(STAGE, "duplicate_url", prov, url=url, detail=describe(kept))
 
 
-class _EmitKeptPage(beam.DoFn):
+class _KeepNewestFn(beam.DoFn):
+    """Pages whose capture is not a duplicate's location pass on."""
+
     def __init__(self) -> None:
         self.kept = Metrics.counter("m3w", "dedup.url_kept")
-        self.dropped = Metrics.counter("m3w", "dedup.dropped_duplicate_url")
 
-    def process(self, item: tuple[str, tuple[Page | None, list[Provenance]]]) -> Iterator[Any]:
-        _, (page, losers) = item
-        assert page is not None, "a URL group always holds at least one page"
-        self.kept.inc()
-        yield page
-        for prov in sorted(losers, key=capture_rank):
-            self.dropped.inc()
-            yield beam.pvalue.TaggedOutput(
-                "rejects", Reject.of(STAGE, "duplicate_url", prov, url=page.url, detail=describe(page.provenance))
-            )
+    def process(self, page: Page, duplicates: dict) -> Iterator[Page]:
+        if (page.provenance.warc_filename, page.provenance.warc_record_offset) not in duplicates:
+            self.kept.inc()
+            yield page
+
+
+def _count_dropped(item: tuple[tuple[str, int], Reject]) -> Reject:
+    _DROPPED.inc()
+    return item[1]
+
+
+_DROPPED = Metrics.counter("m3w", "dedup.dropped_duplicate_url")
+
+
+class UrlDedupOutputs(NamedTuple):
+    pages: beam.PCollection
+    rejects: beam.PCollection
 
 
 class DeduplicateUrls(beam.PTransform):
-    """PCollection[Page] → tagged ``pages`` (one per normalised URL: the newest capture) and
-    ``rejects`` (stage "dedup", reason "duplicate_url", detail names the kept capture)."""
+    """(captures, pages) → tagged ``pages`` (one per normalised URL: the newest capture) and
+    ``rejects`` (stage "dedup", reason "duplicate_url", detail names the kept capture).
+
+    ``captures`` are (url, Provenance) of every page (``pipeline.warc.ListPageCaptures``): only
+    they are grouped by URL, and the pages stream through a filter whose side input is the
+    locations of the duplicates, so no page body is ever shuffled or held."""
 
     def __init__(self, cfg: DedupConfig) -> None:
         super().__init__()
         self.cfg = cfg
 
-    def expand(self, pages: beam.PCollection) -> Any:
-        return (
-            pages
-            | "KeyByNormalizedUrl" >> beam.Map(lambda p: (normalize_url(p.url), p))
-            | "NewestCapturePerUrl" >> beam.CombinePerKey(_NewestPage())
-            | "EmitKeptPages" >> beam.ParDo(_EmitKeptPage()).with_outputs("rejects", main="pages")
+    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> Any:
+        captures, pages = pcolls
+        duplicates = (
+            captures
+            | "KeyByNormalizedUrl" >> beam.Map(lambda c: (normalize_url(c[0]), c))
+            | "GroupCapturesByUrl" >> beam.GroupByKey()
+            | "AllButNewest" >> beam.FlatMap(duplicate_captures)
         )
+        kept = pages | "DropOlderCaptures" >> beam.ParDo(_KeepNewestFn(), duplicates=beam.pvalue.AsDict(duplicates))
+        rejects = duplicates | "CountDropped" >> beam.Map(_count_dropped)
+        return UrlDedupOutputs(kept, rejects)

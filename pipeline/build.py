@@ -1,5 +1,6 @@
 """The build-m3w Beam graph: WARC files → interleaved documents with their images → shards.
 
+    paths ─ ListPageCaptures ──────┐ (url, provenance) only
     paths ─ ReadWarcFiles ─┬─ pages ─ DeduplicateUrls ─ ExtractDocuments ─ FilterText ─┐
                            └─ images ──────────────────── SelectReferencedImages ◄──────┤
                                  (FetchImages for missing) ─ ProcessImages ─ AttachImages
@@ -134,7 +135,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     from pipeline.images import DropRepeatedImages, ProcessImages
     from pipeline.join import AttachImages, SelectReferencedImages
     from pipeline.shards import WriteShards, WriteSortedJsonLines
-    from pipeline.warc import ReadWarcFiles
+    from pipeline.warc import ListPageCaptures, ReadWarcFiles
 
     rejects = []
     read = p | "WarcPaths" >> beam.Create(sorted(inputs)) | "ReadWarcFiles" >> ReadWarcFiles(cfg.limits)
@@ -142,7 +143,8 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
 
     pages = read.pages | "ShowProgress" >> beam.ParDo(_ProgressFn())
     if cfg.dedup.url:
-        dedup_urls = pages | "DeduplicateUrls" >> DeduplicateUrls(cfg.dedup)
+        captures = p | "CapturePaths" >> beam.Create(sorted(inputs)) | "ListPageCaptures" >> ListPageCaptures(cfg.limits)
+        dedup_urls = (captures, pages) | "DeduplicateUrls" >> DeduplicateUrls(cfg.dedup)
         pages = dedup_urls.pages
         rejects.append(dedup_urls.rejects)
     extracted = pages | "ExtractDocuments" >> ExtractDocuments(cfg.extract, cfg.limits)

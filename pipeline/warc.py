@@ -1077,6 +1077,29 @@ def iter_warc(
 # Beam
 
 
+def page_captures(path: str, limits: LimitsConfig) -> Iterator[tuple[str, Provenance]]:
+    """(URL, provenance) of every page ``iter_warc`` yields from ``path``: what URL dedup needs,
+    without the pages' bodies. Rejects and counters belong to the main read, not this one."""
+    for item in iter_warc(path, limits):
+        if isinstance(item, Page):
+            yield item.url, item.provenance
+
+
+class ListPageCaptures(beam.PTransform):
+    """PCollection[str path] → PCollection[(url, Provenance)] of every HTML page: a second,
+    body-free read of the files, so URL dedup shuffles a few hundred bytes per page instead of
+    the pages themselves (a runner that buffers shuffles in memory, like the local one, would
+    otherwise hold the crawl's whole HTML)."""
+
+    def __init__(self, limits: LimitsConfig | None = None, label: str | None = None):
+        super().__init__(label)
+        self._limits = limits or LimitsConfig()
+
+    def expand(self, paths):
+        limits = self._limits
+        return paths | "SpreadFiles" >> beam.Reshuffle() | "ReadCaptures" >> beam.FlatMap(page_captures, limits)
+
+
 class _ReadWarcFn(beam.DoFn):
     """path → pages (main), images, rejects; counters under namespace m3w."""
 

@@ -28,6 +28,12 @@ def _read(name: str) -> tuple[list[Page], list[Reject]]:
     return pages, rejects
 
 
+def _dedup(p, pages: list[Page]):
+    """DeduplicateUrls on ``pages``, with their captures as ListPageCaptures lists them."""
+    captures = p | "Captures" >> beam.Create([(pg.url, pg.provenance) for pg in pages])
+    return (captures, p | "Pages" >> beam.Create(pages)) | DeduplicateUrls(DedupConfig())
+
+
 def test_gov_uk_crawl_pair_keeps_the_newest_capture_of_each_url():
     first, _ = _read(FIRST)
     second, second_rejects = _read(SECOND)
@@ -42,7 +48,7 @@ def test_gov_uk_crawl_pair_keeps_the_newest_capture_of_each_url():
     expected_kept = {u: SECOND if u in urls_second else FIRST for u in urls_first | urls_second}
     with TestPipeline() as p:
         # The newer crawl first: the outcome must not depend on input order.
-        out = p | beam.Create(second + first) | DeduplicateUrls(DedupConfig())
+        out = _dedup(p, second + first)
         assert_that(
             out.pages | "Kept" >> beam.Map(lambda pg: (normalize_url(pg.url), pg.provenance.warc_filename)),
             equal_to(sorted(expected_kept.items())),
@@ -67,7 +73,7 @@ def test_same_url_variants_collapse_and_ties_break_deterministically():
         _page("https://example.com/a?a=1&b=2", "2018-01-01T00:00:00Z", "z.warc.gz", 99),  # https: another URL
     ]
     with TestPipeline() as p:
-        out = p | beam.Create(pages) | DeduplicateUrls(DedupConfig())
+        out = _dedup(p, pages)
         assert_that(out.pages | "Html" >> beam.Map(lambda pg: pg.html), equal_to(["y.warc.gz@5", "z.warc.gz@99"]), label="Kept")
         assert_that(
             out.rejects | "Detail" >> beam.Map(lambda r: (r.warc_filename, r.detail)),
