@@ -1,8 +1,8 @@
 """End-to-end pages/s through Beam vs the same stage functions in a plain Python loop.
 
 Both runs process the same WARCs with the same config, in the same process, one core each:
-read (iter_warc) → extract_document → filter_documents (batches of 64) → referenced
-images (process_image) → attach → repeated images → image count → shard writers and the rejects file. Dedup (URLs, MinHash, paragraphs, image sets) is grouped work with no per-record equivalent, so
+read (iter_warc) → extract_document → filter_documents (batches of 64) → a second read for the
+referenced images (process_image) → attach → repeated images → image count → shard writers and the rejects file. Dedup (URLs, MinHash, paragraphs, image sets) is grouped work with no per-record equivalent, so
 it is off in both, and ``--copies N`` can repeat the crawl to amortise Beam's fixed start-up cost
 (graph construction, one bundle per stage) the way a real crawl does. The ratio Beam/loop is Beam's overhead (target ≤ 1.3×). The multi-process local runner
 on all cores is reported beside it.
@@ -56,9 +56,7 @@ def plain_loop(paths: list[str], out: str) -> int:
             if isinstance(item, Page):
                 n_pages += 1
                 pages.append(item)
-            elif isinstance(item, ImageRecord):
-                images.setdefault(normalize_url(item.url), []).append(item)
-            else:
+            elif not isinstance(item, ImageRecord):
                 rejects.append(item)
     extracted = []
     for page in pages:
@@ -72,6 +70,13 @@ def plain_loop(paths: list[str], out: str) -> int:
             rejects += dropped
             if doc is not None:
                 docs.append(doc)
+    # Images in a second pass over the files, for the URLs the documents cite (as Beam does, so
+    # that neither side holds every image of the crawl).
+    referenced = {normalize_url(n.url) for doc in docs for n in doc.nodes if isinstance(n, ImageNode)}
+    for path in paths:
+        for item in iter_warc(path, cfg.limits):
+            if isinstance(item, ImageRecord) and normalize_url(item.url) in referenced:
+                images.setdefault(normalize_url(item.url), []).append(item)
     resolved: dict[str, ResolvedImage] = {}
     for doc in docs:
         for node in doc.nodes:

@@ -1,8 +1,9 @@
 """The build-m3w Beam graph: WARC files → interleaved documents with their images → shards.
 
     paths ─ ListPageCaptures ──────┐ (url, provenance) only
-    paths ─ ReadWarcFiles ─┬─ pages ─ DeduplicateUrls ─ ExtractDocuments ─ FilterText ─┐
-                           └─ images ──────────────────── SelectReferencedImages ◄──────┤
+    paths ─ ReadWarcFiles ─── pages ─ DeduplicateUrls ─ ExtractDocuments ─ FilterText ─┐
+    paths ─ ReadReferencedImages (side input: image URLs the documents cite) ◄──────────┤
+                                 └─ SelectReferencedImages ◄────────────────────────────┤
                                  (FetchImages for missing) ─ ProcessImages ─ AttachImages
       ─ DropRepeatedImages ─ Decontaminate ─ DeduplicateDocuments ─ FinalizeDocuments ─ WriteShards
     every stage's ``rejects`` (single or batched) ─ Flatten ─ WriteRejects
@@ -133,17 +134,18 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     from pipeline.extract import ExtractDocuments
     from pipeline.filters import FilterText
     from pipeline.images import DropRepeatedImages, ProcessImages
-    from pipeline.join import AttachImages, SelectReferencedImages
+    from pipeline.join import AttachImages, SelectReferencedImages, image_refs
     from pipeline.shards import WriteShards, WriteSortedJsonLines
-    from pipeline.warc import ListPageCaptures, ReadWarcFiles
+    from pipeline.warc import ListPageCaptures, ReadReferencedImages, ReadWarcFiles
 
     rejects = []
-    read = p | "WarcPaths" >> beam.Create(sorted(inputs)) | "ReadWarcFiles" >> ReadWarcFiles(cfg.limits)
+    paths = p | "WarcPaths" >> beam.Create(sorted(inputs))
+    read = paths | "ReadWarcFiles" >> ReadWarcFiles(cfg.limits)
     rejects.append(read.rejects)
 
     pages = read.pages | "ShowProgress" >> beam.ParDo(_ProgressFn())
     if cfg.dedup.url:
-        captures = p | "CapturePaths" >> beam.Create(sorted(inputs)) | "ListPageCaptures" >> ListPageCaptures(cfg.limits)
+        captures = paths | "ListPageCaptures" >> ListPageCaptures(cfg.limits)
         dedup_urls = (captures, pages) | "DeduplicateUrls" >> DeduplicateUrls(cfg.dedup)
         pages = dedup_urls.pages
         rejects.append(dedup_urls.rejects)
@@ -157,7 +159,14 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         rejects.append(imageless.rejects)
         docs = imageless.documents
 
-    selected = (docs, read.images) | "SelectReferencedImages" >> SelectReferencedImages()
+    referenced = (
+        docs
+        | "ReferencedImageUrls" >> beam.FlatMap(lambda d: (key for key, _ in image_refs(d)))
+        | "DistinctImageUrls" >> beam.Distinct()
+        | "AsKeys" >> beam.Map(lambda key: (key, None))
+    )
+    images = paths | "ReadReferencedImages" >> ReadReferencedImages(beam.pvalue.AsDict(referenced), cfg.limits)
+    selected = (docs, images) | "SelectReferencedImages" >> SelectReferencedImages()
     records = selected.records
     missing = selected.missing
     if cfg.images.fetch:

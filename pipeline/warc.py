@@ -1100,6 +1100,43 @@ class ListPageCaptures(beam.PTransform):
         return paths | "SpreadFiles" >> beam.Reshuffle() | "ReadCaptures" >> beam.FlatMap(page_captures, limits)
 
 
+class _ReferencedImagesFn(beam.DoFn):
+    """path → the ImageRecords whose normalised URL a kept document references."""
+
+    def __init__(self, limits: LimitsConfig):
+        self._limits = limits
+        self._unreferenced = beam.metrics.Metrics.counter("m3w", "join.crawled_images_unreferenced")
+
+    def process(self, path: str, referenced: dict) -> Iterator[ImageRecord]:
+        from pipeline.urls import normalize_url
+
+        for item in iter_warc(path, self._limits):
+            if isinstance(item, ImageRecord):
+                if normalize_url(item.url) in referenced:
+                    yield item
+                else:
+                    self._unreferenced.inc()
+
+
+class ReadReferencedImages(beam.PTransform):
+    """PCollection[str path] → PCollection[ImageRecord]: the image records of the files whose
+    normalised URL is a key of ``referenced`` (a side input), read in a pass of their own once
+    the documents are known. So the image join shuffles the images the corpus cites, not every
+    image of the crawl (a runner that buffers shuffles in memory would hold them all)."""
+
+    def __init__(self, referenced: beam.pvalue.AsSideInput, limits: LimitsConfig | None = None, label: str | None = None):
+        super().__init__(label)
+        self._referenced = referenced
+        self._limits = limits or LimitsConfig()
+
+    def expand(self, paths):
+        return (
+            paths
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadImages" >> beam.ParDo(_ReferencedImagesFn(self._limits), referenced=self._referenced)
+        )
+
+
 class _ReadWarcFn(beam.DoFn):
     """path → pages (main), images, rejects; counters under namespace m3w."""
 
