@@ -75,8 +75,8 @@ def plain_loop(paths: list[str], out: str) -> int:
     referenced = {normalize_url(n.url) for doc in docs for n in doc.nodes if isinstance(n, ImageNode)}
     for path in paths:
         for item in iter_warc(path, cfg.limits):
-            if isinstance(item, ImageRecord) and normalize_url(item.url) in referenced:
-                images.setdefault(normalize_url(item.url), []).append(item)
+            if isinstance(item, ImageRecord) and (key := normalize_url(item.url)) in referenced:
+                images.setdefault(key, []).append(item)
     resolved: dict[str, ResolvedImage] = {}
     for doc in docs:
         for node in doc.nodes:

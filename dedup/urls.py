@@ -50,11 +50,9 @@ def describe(prov: Provenance) -> str:
 def duplicate_captures(item: tuple[str, Iterable[tuple[str, Provenance]]]) -> Iterator[tuple[tuple[str, int], Reject]]:
     """One URL's captures → ((WARC file, offset), Reject) for every capture but the newest."""
     _, captures = item
-    captures = list(captures)
-    if len(captures) < 2:
-        return
-    url, kept = max(captures, key=lambda c: capture_rank(c[1]))
-    for _, prov in sorted(captures, key=lambda c: capture_rank(c[1]))[:-1]:
+    ranked = sorted(captures, key=lambda c: capture_rank(c[1]))
+    url, kept = ranked[-1]
+    for _, prov in ranked[:-1]:
         yield (prov.warc_filename, prov.warc_record_offset), Reject.of(STAGE, "duplicate_url", prov, url=url, detail=describe(kept))
 
 

@@ -880,31 +880,24 @@ class KeptText:
         self.ids = arrays.word_id[wmask]
         self.word_len = arrays.word_len[wmask]
         self.n_words = len(self.ids)
-        self._text: str | None = None
-        self._lines: list[str] | None = None
-        self._paragraphs: list[str] | None = None
         self._line_shares: tuple[float, float] | None = None
         self._counts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._wanted_n: tuple[int, ...] = wanted_n
 
-    @property
+    # One KeptText per document: cached_property's lock costs nothing here (TextStats, made per
+    # paragraph, keeps plain lazy slots instead).
+    @functools.cached_property
     def text(self) -> str:
-        if self._text is None:
-            t = self.a.texts
-            self._text = self.a.joined if self.kept.all() else "\n\n".join(t[i] for i in self.nodes.tolist())
-        return self._text
+        t = self.a.texts
+        return self.a.joined if self.kept.all() else "\n\n".join(t[i] for i in self.nodes.tolist())
 
-    @property
+    @functools.cached_property
     def lines(self) -> list[str]:
-        if self._lines is None:
-            self._lines = split_lines(self.text)
-        return self._lines
+        return split_lines(self.text)
 
-    @property
+    @functools.cached_property
     def paragraphs(self) -> list[str]:
-        if self._paragraphs is None:
-            self._paragraphs = split_paragraphs(self.text)
-        return self._paragraphs
+        return split_paragraphs(self.text)
 
     def special_ratio(self) -> float:
         if not self.text_len:

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator, Union
 
 import apache_beam as beam
+from warcio.archiveiterator import ArchiveIterator
 
 from pipeline.config import LimitsConfig
 from pipeline.records import ImageRecord, Page, Reject
@@ -519,17 +520,11 @@ def _damage_reason(exc: BaseException) -> str:
 # The reader
 
 
-@functools.lru_cache(maxsize=None)
-def _quiet_archive_iterator() -> type:
-    from warcio.archiveiterator import ArchiveIterator
+class _QuietArchiveIterator(ArchiveIterator):
+    """warcio's iterator without its multi-line stderr warning per record whose Content-Length
+    misses the record boundary; ``err_count`` still counts them."""
 
-    class QuietArchiveIterator(ArchiveIterator):
-        """warcio's iterator without its multi-line stderr warning per record whose
-        Content-Length misses the record boundary; ``err_count`` still counts them."""
-
-        INC_RECORD = ""
-
-    return QuietArchiveIterator
+    INC_RECORD = ""
 
 
 class _FileReader:
@@ -758,7 +753,7 @@ class _FileReader:
         """Records via warcio from the reader's start, which is at ``base`` in the file; damage ends it."""
         next_offset = base  # where the record being read starts
         try:
-            it = _quiet_archive_iterator()(reader, arc2warc=True, no_record_parse=True, check_digests=False)
+            it = _QuietArchiveIterator(reader, arc2warc=True, no_record_parse=True, check_digests=False)
             for rec in it:
                 if it.err_count:  # the previous record's Content-Length did not end at a record boundary
                     self.stats["length_mismatch"] += it.err_count
