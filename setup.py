@@ -3,7 +3,7 @@
 This file is also what Beam's ``--setup_file`` ships to remote workers (Dataflow, Flink, Spark):
 the workers install the same packages with the same pins (``requirements.lock``).
 """
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 PIPELINE = [
     "apache-beam",
@@ -50,6 +50,8 @@ setup(
     # Beam workers (--setup_file) install the pipeline's needs only; the trainer's come with [train].
     install_requires=PIPELINE,
     extras_require={"train": MODEL, "test": MODEL + TEST},
+    # The text filter chain's hot path (pipeline/filters.py has the same measures in Python).
+    ext_modules=[Extension("pipeline._textchain", ["pipeline/_textchain.c"])],
     entry_points={
         "console_scripts": [
             "build-m3w=pipeline.cli:main",

@@ -1,14 +1,13 @@
-"""``filter_document``'s fast path (``DocArrays``/``KeptText``) measures exactly what the plain
-definitions say, node by node and for the document, on real extracted pages and on arbitrary
-Unicode; its verdicts and reject details equal those of the reference chain (``TextStats``
-measures, as ``build-m3w explain`` prints them)."""
+"""The compiled chain (``pipeline/_textchain.c``, what ``filter_document`` runs) measures exactly
+what the plain definitions say, node by node and for the document, on real extracted pages and on
+arbitrary Unicode; its verdicts and reject details equal those of the reference chain
+(``TextStats`` measures, as ``build-m3w explain`` prints them)."""
 from __future__ import annotations
 
 import gzip
 import math
 from collections import Counter
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -153,33 +152,28 @@ def plain_doc_values(text: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The fast path, every value (no short-circuit)
+# The compiled chain, every value (no short-circuit)
+
+CHAIN = F.compiled_chain(NODE_CHECKS, DOC_CHECKS)
 
 
-def fast_node_values(texts: list[str]) -> list[dict[str, float]]:
-    arrays = F.DocArrays(texts)
-    every = np.arange(len(texts))
-    cols = {c.name: np.asarray(c.fast(arrays, every)).tolist() for c in NODE_CHECKS}
-    return [{name: col[i] for name, col in cols.items()} for i in range(len(texts))]
-
-
-def fast_doc_values(texts: list[str]) -> tuple[list[bool], dict[str, float]]:
-    """Node verdicts and every document value, in ``filter_document``'s order: the node checks
-    run first on the same arrays (the document checks reuse what they counted)."""
-    arrays = F.DocArrays(texts)
-    kept = [f is None for f in F.node_failures(NODE_CHECKS, arrays)]
-    kt = arrays.keep(np.array(kept, dtype=bool), (2, 3, 4, 5, 6, 7, 8, 9, 10))
-    return kept, {c.name: c.fast(kt) for c in DOC_CHECKS}
+def compiled_values(texts: list[str]) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Every node check's value per node, and every document check's value on the nodes that
+    pass all node checks."""
+    nodes, doc = CHAIN.values(texts)
+    return (
+        [dict(zip([c.name for c in NODE_CHECKS], row)) for row in nodes],
+        dict(zip([c.name for c in DOC_CHECKS], doc)),
+    )
 
 
 def assert_document_matches(texts: list[str]) -> None:
-    fast_nodes = fast_node_values(texts)
-    for text, got in zip(texts, fast_nodes):
-        assert got == plain_node_values(text), text[:200]
+    fast_nodes, got = compiled_values(texts)
+    for text, values in zip(texts, fast_nodes):
+        assert values == plain_node_values(text), text[:200]
         stats = F.TextStats(text)
-        assert got == {c.name: c.measure(stats) for c in NODE_CHECKS}
-    kept, got = fast_doc_values(texts)
-    assert kept == [all(c.passes(v[c.name]) for c in NODE_CHECKS) for v in fast_nodes]
+        assert values == {c.name: c.measure(stats) for c in NODE_CHECKS}
+    kept = [all(c.passes(v[c.name]) for c in NODE_CHECKS) for v in fast_nodes]
     kept_text = "\n\n".join(t for t, k in zip(texts, kept) if k)
     assert got == plain_doc_values(kept_text), kept_text[:200]
     stats = F.TextStats(kept_text)
@@ -287,39 +281,19 @@ def test_fast_chain_verdicts_equal_reference_chain_on_arbitrary_text(parts):
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches: ``filter_documents`` gives each document exactly ``filter_document``'s result
+# The character table
 
 
-def test_batched_chain_equals_single_document_chain_on_real_pages(real_documents):
-    no_language = Config()
-    no_language.language.keep = None
-    no_language.language.min_score = None
-    for cfg in (CFG, no_language):
-        single = [F.filter_document(d, cfg) for d in real_documents]
-        assert F.filter_documents(real_documents, cfg) == single
-        # batches of every size, and out of order
-        assert F.filter_documents(real_documents[::-1][:7], cfg) == single[::-1][:7]
-    kept = [r for r in F.filter_documents(real_documents, no_language) if r[0] is not None]
-    assert 20 <= len(kept) < len(real_documents)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(texts, max_size=5), min_size=1, max_size=6))
-def test_batched_chain_equals_single_document_chain_on_arbitrary_text(docs_parts):
-    cfg = Config()
-    cfg.language.keep = None
-    cfg.language.min_score = None
-    docs = [_document(parts, url=f"https://example.org/{i}") for i, parts in enumerate(docs_parts)]
-    assert F.filter_documents(docs, cfg) == [F.filter_document(d, cfg) for d in docs]
-    for d in docs:
-        assert_same_verdict(d, cfg)
-
-
-def test_batched_chain_filters_a_document_with_many_nodes_alone_with_the_same_result(real_documents):
-    cfg = Config()
-    cfg.language.keep = None
-    cfg.language.min_score = None
-    many = [n.text for d in real_documents[:40] for n in d.nodes if isinstance(n, TextNode)]
-    assert len(many) > F._BATCH_MAX_NODES
-    docs = real_documents[:3] + [_document(many, url="https://example.org/many")] + real_documents[3:6]
-    assert F.filter_documents(docs, cfg) == [F.filter_document(d, cfg) for d in docs]
+def test_character_classes_of_every_code_point_match_the_word_definition():
+    """Astral characters are classified by rule in C: special exactly where the regex says, and
+    every astral letter is lower-cased by ``str.lower``. A text of every astral code point (in
+    chunks) measures as the plain definitions say."""
+    astral = [chr(c) for c in range(0x10000, 0x110000) if not 0xD800 <= c < 0xE000]
+    specials = [c for c in astral if F.is_special(c)]
+    assert specials and len(specials) < len(astral)
+    text = " ".join("".join(astral[i : i + 7]) for i in range(0, len(astral), 7))
+    node_values, _ = compiled_values([text])
+    assert node_values[0]["node_max_special_char_ratio"] == sum(map(F.is_special, text)) / len(text)
+    assert node_values[0]["node_min_words"] == len(plain_words(text))
+    bmp = "".join(chr(c) for c in range(0x20, 0xD800)) + "".join(chr(c) for c in range(0xE000, 0x10000))
+    assert_document_matches([bmp[i : i + 500] for i in range(0, len(bmp), 500)])
