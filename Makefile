@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test bench lock clean
 
-$(STAMP): setup.py requirements.lock
+$(STAMP): setup.py requirements.lock pipeline/_textchain.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[train,test]'

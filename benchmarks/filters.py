@@ -8,16 +8,15 @@ pages, extracted once with ``pipeline.extract.extract_document`` before timing s
 
 Timed, in the same process and on the same documents:
 - chain: ``pipeline.filters.filter_document(doc, Config())`` — URL blocklists (off by default),
-  language ID, paragraph filters, document filters;
-- batched chain: ``pipeline.filters.filter_documents`` over the same documents,
-  ``BATCH_DOCS`` (64) at a time, as ``FilterText`` runs it; its results (documents and rejects)
-  are checked equal to ``filter_document``'s, document by document;
+  language ID, paragraph filters, document filters, and the kept document and rejects built —
+  what ``FilterText`` runs per document;
 - anchor: a bare loop that only tokenizes the same text nodes with ``pipeline.filters.words``
   (lower-case, whitespace split, strip punctuation) — the least any word-based filter must do;
-- parts: language ID alone, and the chain with language ID turned off (``keep``/``min_score`` None);
-- reference chain: the same checks measured text by text on ``TextStats`` (the definitions
-  ``build-m3w explain`` prints, and how ``filter_document`` worked before its fast path), with
-  the same verdicts — the speed-up of the fast path in the same run.
+- parts: language ID alone; the compiled checks alone (``TextChain.run`` on every document's
+  text nodes, language ignored); the chain with language ID turned off (``keep``/``min_score``
+  None, so every document reaches the paragraph and document checks);
+- reference chain: the same checks measured text by text on ``TextStats`` (the Python definitions
+  ``build-m3w explain`` prints), with the same verdicts — what compiling the chain gains.
 Reported: documents/s for each, and chain time / anchor time; then the same per source; then
 the language detectors compared: CPU time per document, the share of mostly French/German
 handbook pages each drops at ``min_score`` 0.6 (mostly = py3langid reads at least half of the
@@ -87,15 +86,8 @@ def _time(fn, docs: list[Document], rounds: int) -> float:
     return best
 
 
-def _time_batches(docs: list[Document], cfg: Config, rounds: int) -> float:
-    """``_time`` of ``filter_documents`` over ``docs`` in batches of ``BATCH_DOCS``."""
-    size = F.BATCH_DOCS
-    batches = [docs[i : i + size] for i in range(0, len(docs), size)]
-    return _time(lambda b: F.filter_documents(b, cfg), batches, rounds)
-
-
 def reference_filter(doc: Document, cfg: Config) -> tuple[Document | None, list]:
-    """``filter_document`` through ``TextStats`` check by check (no ``DocArrays``)."""
+    """``filter_document`` through the Python measures (``TextStats``) check by check."""
     tf = cfg.text_filters
     lang, score = langid.detect([t for t in doc.texts if t], cfg.language.detector)
     if F.language_reason(lang, score, cfg.language):
@@ -129,65 +121,59 @@ def main(argv: list[str] | None = None) -> None:
             if t:
                 F.words(t)
 
+    configured = F._configured(cfg.text_filters)
+    chain = F.compiled_chain(configured[0], configured[1])
+    node_texts = {id(d): [n.text for n in d.nodes if isinstance(n, TextNode)] for d in docs}
     results = {
         "anchor: tokenize text nodes": _time(anchor, docs, args.rounds),
         "chain: filter_document, defaults": _time(lambda d: F.filter_document(d, cfg), docs, args.rounds),
-        "batched chain: filter_documents, 64 at a time": _time_batches(docs, cfg, args.rounds),
         "language ID alone": _time(lambda d: langid.detect([t for t in d.texts if t]), docs, args.rounds),
+        "compiled checks alone, every document (TextChain.run)": _time(lambda d: chain.run(node_texts[id(d)]), docs, args.rounds),
         "chain without language filter": _time(lambda d: F.filter_document(d, no_lang), docs, args.rounds),
         "reference chain (TextStats, check by check)": _time(lambda d: reference_filter(d, cfg), docs, args.rounds),
     }
     same = sum((F.filter_document(d, cfg)[0] is None) == (reference_filter(d, cfg)[0] is None) for d in docs)
     kept = sum(F.filter_document(d, cfg)[0] is not None for d in docs)
-    batched_same = sum(
-        F.filter_documents(docs[i : i + F.BATCH_DOCS], c) == [F.filter_document(d, c) for d in docs[i : i + F.BATCH_DOCS]]
-        for c in (cfg, no_lang)
-        for i in range(0, len(docs), F.BATCH_DOCS)
-    )
-    n_batches = 2 * len(range(0, len(docs), F.BATCH_DOCS))
     anchor_s = results["anchor: tokenize text nodes"]
     print(f"{len(docs)} documents, {n_chars / len(docs):.0f} characters each on average; {kept} kept by the chain")
     print(f"verdicts equal to the reference chain's on {same}/{len(docs)} documents")
-    print(f"batched results (documents and rejects) equal to filter_document's in {batched_same}/{n_batches} batches")
     print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}, best of {args.rounds}")
     print("| timed loop | documents/s (one core) | time / anchor |")
     print("| --- | ---: | ---: |")
     for name, s in results.items():
-        print(f"| {name} | {len(docs) / s:,.0f} | {s / anchor_s:.1f}x |")
+        print(f"| {name} | {len(docs) / s:,.0f} | {s / anchor_s:.2f}x |")
 
-    # Batched against single-document filtering, alternated round by round so both see the same
-    # load on a shared machine: the paired ratios show the gain better than two separate bests.
+    # Chain against anchor, alternated round by round so both see the same load on a shared
+    # machine: the paired ratios are steadier than two separate bests.
     paired = []
     for _ in range(args.rounds):
-        b = _time_batches(docs, cfg, 1)
-        s = _time(lambda d: F.filter_document(d, cfg), docs, 1)
-        paired.append(s / b)
+        a = _time(anchor, docs, 1)
+        c = _time(lambda d: F.filter_document(d, cfg), docs, 1)
+        paired.append(a / c)
     paired.sort()
     print(
-        f"batched / single, alternated over {args.rounds} rounds: median {paired[len(paired) // 2]:.2f}x "
+        f"chain speed / anchor speed, alternated over {args.rounds} rounds: median {paired[len(paired) // 2]:.2f}x "
         f"(range {paired[0]:.2f}-{paired[-1]:.2f}x)"
     )
 
     print()
     print(
-        "| source | documents | mean characters | chain documents/s | batched chain documents/s | "
+        "| source | documents | mean characters | chain documents/s | "
         "reference chain documents/s | anchor documents/s |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     by_source: dict[str, list[Document]] = {}
     for d in docs:
         by_source.setdefault(_source(d), []).append(d)
     for name, group in sorted(by_source.items()):
         chain_s = _time(lambda d: F.filter_document(d, cfg), group, args.rounds)
-        batched_s = _time_batches(group, cfg, args.rounds)
         ref_s = _time(lambda d: reference_filter(d, cfg), group, args.rounds)
         anchor_g = _time(anchor, group, args.rounds)
         mean_chars = sum(len(d.text) for d in group) / len(group)
         print(
-            f"| {name} | {len(group)} | {mean_chars:,.0f} | {len(group) / chain_s:,.0f} | {len(group) / batched_s:,.0f} | "
+            f"| {name} | {len(group)} | {mean_chars:,.0f} | {len(group) / chain_s:,.0f} | "
             f"{len(group) / ref_s:,.0f} | {len(group) / anchor_g:,.0f} |"
         )
-
 
     if not args.no_detectors:
         print()

@@ -114,19 +114,9 @@ def _char_tables() -> tuple[np.ndarray, np.ndarray]:
     return special, space
 
 
-@functools.lru_cache(maxsize=1)
-def _flag_table() -> np.ndarray:
-    special, space = _char_tables()
-    return special.astype(np.uint8) | (space.astype(np.uint8) << 1)
-
-
-def _char_flags(cps: np.ndarray, bmp_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(special, whitespace) per code point; the rare astral ones are looked up one by one.
-    ``bmp_only``: the caller knows every code point is below 0x10000."""
+def _char_flags(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(special, whitespace) per code point; the rare astral ones are looked up one by one."""
     special_t, space_t = _char_tables()
-    if bmp_only:  # one lookup: bit 0 special, bit 1 whitespace (every whitespace is special)
-        flags = _flag_table()[cps]
-        return (flags & 1).view(bool), (flags >> 1).view(bool)
     bmp = np.minimum(cps, 0xFFFF)
     special, space = special_t[bmp], space_t[bmp]
     astral = np.flatnonzero(cps > 0xFFFF)
@@ -209,7 +199,6 @@ def alpha_words_ratio(text: str, ws: list[str] | None = None) -> float:
 # once from prefix sums: h(i, n) = (P[i+n] - P[i]) * B^-i. Exact for our purposes: a collision needs
 # ~2^32 distinct windows, far beyond any document.
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
-_BASE_INV = np.uint64(pow(int(_BASE), -1, 2**64))
 # Per base: (B^i, B^-i) for i < len; each entry is replaced as one tuple, so concurrent readers
 # never see a mismatched pair.
 _POWER_TABLES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -236,10 +225,6 @@ def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
         prefix[0] = 0
         np.cumsum(ids * pw[:m], out=prefix[1:])
         return (prefix[n:] - prefix[: m - n + 1]) * pinv[: m - n + 1]
-
-
-def _codepoints_u32(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -957,9 +942,7 @@ class _FilterTextFn(beam.DoFn):
 
     def setup(self) -> None:
         langid.load(self.cfg.language.detector)
-        _char_tables()  # 64k-entry character tables, built once per worker
-        _flag_table()
-        _kernel_char_table()
+        _kernel_char_table()  # 64k-entry character table, built once per worker
         self._kept = Metrics.counter("m3w", f"{STAGE}.kept")
         self._counters: dict[str, beam.metrics.metricbase.Counter] = {}
         tf = self.cfg.text_filters
