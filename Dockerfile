@@ -9,6 +9,10 @@ COPY schemas/ schemas/
 COPY pipeline/ pipeline/
 COPY dedup/ dedup/
 COPY model/ model/
+# pip compiles the text filter chain (pipeline/_textchain.c): the SDK image (Debian) normally
+# has gcc; install it where it does not.
+RUN command -v gcc >/dev/null || (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*)
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir -c requirements.lock .
 
