@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,11 +192,12 @@ typedef struct {
     Py_ssize_t n_words;
     Sums s;
     int have_lines, have_dup_lines, have_dup_paras;
-    double bullet, ellipsis_lines, dup_line[2], dup_para[2];
     uint64_t have_word_ngrams, have_char_ngrams; /* bit n: computed */
-    double word_ngrams[MAX_N][3];                /* repetition, top n-gram, duplicate n-grams */
-    double char_ngrams[MAX_N];
     int no_repeat_n; /* smallest n with no repeated word n-gram; 0 unknown */
+    /* values, valid where the flags above say so (text_init leaves them as they were) */
+    double bullet, ellipsis_lines, dup_line[2], dup_para[2];
+    double word_ngrams[MAX_N][3]; /* repetition, top n-gram, duplicate n-grams */
+    double char_ngrams[MAX_N];
 } Text;
 
 typedef struct {
@@ -448,6 +450,11 @@ static int scan_fast(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *s) {
 static int scan_lowered(Chain *ch, PyObject *text, Sums *s) {
     PyObject *low = PyObject_CallMethod(text, "lower", NULL);
     if (!low) return -1;
+    if (!PyUnicode_Check(low)) {
+        Py_DECREF(low);
+        PyErr_SetString(PyExc_TypeError, "lower() of a text node must return str");
+        return -1;
+    }
     Py_ssize_t n = PyUnicode_GET_LENGTH(low);
     int rc = -1;
     if (!GROW(ch->lowered, ch->lowered_cap, n + 1) && PyUnicode_AsUCS4(low, ch->lowered, n + 1, 0)) {
@@ -461,7 +468,7 @@ static int scan_lowered(Chain *ch, PyObject *text, Sums *s) {
 /* Measures of one text */
 
 static void text_init(Text *t, const Py_UCS4 *cp, Py_ssize_t len, const uint64_t *ids, const uint32_t *wlen, Py_ssize_t n_words, const Sums *s) {
-    memset(t, 0, sizeof(*t));
+    memset(t, 0, offsetof(Text, bullet));
     t->cp = cp;
     t->len = len;
     t->ids = ids;
@@ -685,20 +692,18 @@ static int measure(Chain *ch, Text *t, const Check *c, double *out) {
     case M_ALPHA_WORDS_RATIO: *out = ratio(t->s.alpha_words, t->s.tokens); return 0;
     case M_DUP_PARA_FRAC:
     case M_DUP_PARA_CHAR_FRAC:
-        if (!t->have_dup_paras) {
-            if (dup_items(ch, t, 1, t->dup_para)) return -1;
-            t->have_dup_paras = 1;
-        }
-        *out = t->dup_para[c->measure == M_DUP_PARA_CHAR_FRAC];
-        return 0;
     case M_DUP_LINE_FRAC:
-    case M_DUP_LINE_CHAR_FRAC:
-        if (!t->have_dup_lines) {
-            if (dup_items(ch, t, 0, t->dup_line)) return -1;
-            t->have_dup_lines = 1;
+    case M_DUP_LINE_CHAR_FRAC: {
+        int paragraphs = c->measure <= M_DUP_PARA_CHAR_FRAC;
+        int *have = paragraphs ? &t->have_dup_paras : &t->have_dup_lines;
+        double *v = paragraphs ? t->dup_para : t->dup_line;
+        if (!*have) {
+            if (dup_items(ch, t, paragraphs, v)) return -1;
+            *have = 1;
         }
-        *out = t->dup_line[c->measure == M_DUP_LINE_CHAR_FRAC];
+        *out = v[c->measure == M_DUP_PARA_CHAR_FRAC || c->measure == M_DUP_LINE_CHAR_FRAC];
         return 0;
+    }
     case M_CHAR_REPETITION:
         if (a < MAX_N) {
             if (!(t->have_char_ngrams >> a & 1)) {

@@ -6,8 +6,8 @@ Layout:
 - ``Check``: one named threshold applied to one measure; its name is the config key and the
   reject reason, so a user who sees ``node_min_stopword_ratio`` in ``rejects/`` finds the knob;
 - ``node_checks`` / ``doc_checks``: the configured chains, cheapest first;
-- ``filter_document``: the whole chain on one ``Document`` (pure; no Beam); ``filter_documents``:
-  the same on a list, paragraph checks measured for up to ``BATCH_DOCS`` documents at once;
+- ``filter_document``: the whole chain on one ``Document`` (pure; no Beam), the checks run by
+  their compiled form (``pipeline/_textchain.c``, same values);
 - ``FilterText``: the Beam composite.
 
 Order inside ``filter_document``: URL blocklists, then language ID on the unfiltered text (the
