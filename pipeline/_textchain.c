@@ -832,6 +832,34 @@ static int kept_text(Chain *ch, Py_ssize_t k, const char *kept, Text *t) {
     return 0;
 }
 
+/* Buffers a document outgrew: freed after the call, so one huge document (HTML is capped at
+ * 5 MB by default, a quarter of a GB of n-gram table) does not pin its memory for the worker's
+ * life. What a usual document needs stays allocated. */
+#define KEEP_ITEMS ((Py_ssize_t)1 << 21)
+#define RELEASE(arr, cap)        \
+    do {                         \
+        if ((cap) > KEEP_ITEMS) { \
+            free(arr);           \
+            (arr) = NULL;        \
+            (cap) = 0;           \
+        }                        \
+    } while (0)
+
+static void release_large(Chain *ch) {
+    RELEASE(ch->text, ch->text_cap);
+    RELEASE(ch->kept, ch->kept_cap);
+    RELEASE(ch->lowered, ch->lowered_cap);
+    RELEASE(ch->ids, ch->ids_cap);
+    RELEASE(ch->wlen, ch->wlen_cap);
+    RELEASE(ch->kept_ids, ch->kept_ids_cap);
+    RELEASE(ch->kept_wlen, ch->kept_wlen_cap);
+    RELEASE(ch->wslot, ch->wslot_cap);
+    RELEASE(ch->counts, ch->counts_cap);
+    RELEASE(ch->nodes, ch->nodes_cap);
+    RELEASE(ch->table.slots, ch->table.cap);
+    RELEASE(ch->table.used, ch->table.used_cap);
+}
+
 static PyObject *value_object(const Check *c, double v) {
     /* counts are ints, as the Python measures return them */
     if (c->measure == M_WORDS || c->measure == M_VOCAB_COUNT) return PyLong_FromDouble(v);
@@ -896,6 +924,7 @@ done:
     free(kept);
     Py_XDECREF(failures);
     Py_XDECREF(doc_failure);
+    release_large(ch);
     ch->busy = 0;
     return result;
 }
@@ -941,6 +970,7 @@ done:
     free(kept);
     Py_XDECREF(nodes);
     Py_XDECREF(doc);
+    release_large(ch);
     ch->busy = 0;
     return result;
 }

@@ -327,3 +327,18 @@ def test_one_chain_refuses_a_second_caller_while_busy():
 
     nodes, _ = CHAIN.values([Reenter("İstanbul is the city of the two coasts and the sea")])
     assert nodes[0][0] == len(plain_words("İstanbul is the city of the two coasts and the sea"))
+
+
+def test_a_huge_document_does_not_pin_its_memory():
+    """The chain keeps its buffers between calls, except what one huge document needed: a
+    4-million-character document (about 250 MB of n-gram table) leaves the worker's memory where
+    it was."""
+    import psutil
+
+    chain = F.compiled_chain([], DOC_CHECKS)  # every node kept: the document is all the text
+    chain.run(["the coast of the island is long and cold"])
+    before = psutil.Process().memory_info().rss
+    words = [f"w{i}" for i in range(600_000)]
+    _, doc = chain.values([" ".join(words[i : i + 1000]) for i in range(0, len(words), 1000)])
+    assert doc[0] == len(words)
+    assert psutil.Process().memory_info().rss - before < 100 * 2**20
