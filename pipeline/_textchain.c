@@ -866,26 +866,35 @@ static PyObject *value_object(const Check *c, double v) {
     return PyFloat_FromDouble(v);
 }
 
-static int enter(Chain *ch) {
+static void finish(Chain *ch) {
+    release_large(ch);
+    ch->busy = 0;
+}
+
+/* Start a call: check the argument, hold the chain, scan the text nodes. Returns the node
+ * count, or -1 with an exception set (and the chain free again). */
+static Py_ssize_t begin(Chain *ch, PyObject *texts, const char *method) {
+    if (!PyList_Check(texts)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes a list of str", method);
+        return -1;
+    }
     if (ch->busy) {
         PyErr_SetString(PyExc_RuntimeError, "a TextChain serves one call at a time; use one per thread");
         return -1;
     }
     ch->busy = 1;
-    return 0;
+    Py_ssize_t k = load_nodes(ch, texts);
+    if (k < 0) finish(ch);
+    return k;
 }
 
 /* run(texts) -> (node failures [(node, check, value)], document failure (check, value) | None) */
 static PyObject *Chain_run(Chain *ch, PyObject *texts) {
-    if (!PyList_Check(texts)) {
-        PyErr_SetString(PyExc_TypeError, "run() takes a list of str");
-        return NULL;
-    }
-    if (enter(ch)) return NULL;
+    Py_ssize_t k = begin(ch, texts, "run");
+    if (k < 0) return NULL;
     PyObject *failures = NULL, *doc_failure = NULL, *result = NULL;
     char *kept = NULL;
-    Py_ssize_t k = load_nodes(ch, texts);
-    if (k < 0 || !(failures = PyList_New(0)) || !(kept = malloc((size_t)k + 1))) goto done;
+    if (!(failures = PyList_New(0)) || !(kept = malloc((size_t)k + 1))) goto done;
     Text t;
     for (Py_ssize_t i = 0; i < k; i++) {
         kept[i] = 1;
@@ -924,23 +933,18 @@ done:
     free(kept);
     Py_XDECREF(failures);
     Py_XDECREF(doc_failure);
-    release_large(ch);
-    ch->busy = 0;
+    finish(ch);
     return result;
 }
 
 /* values(texts) -> (per node: every node check's value; every document check's value on the
  * nodes that pass all node checks). No short-circuit: what tests and tuning compare. */
 static PyObject *Chain_values(Chain *ch, PyObject *texts) {
-    if (!PyList_Check(texts)) {
-        PyErr_SetString(PyExc_TypeError, "values() takes a list of str");
-        return NULL;
-    }
-    if (enter(ch)) return NULL;
+    Py_ssize_t k = begin(ch, texts, "values");
+    if (k < 0) return NULL;
     PyObject *nodes = NULL, *doc = NULL, *result = NULL;
     char *kept = NULL;
-    Py_ssize_t k = load_nodes(ch, texts);
-    if (k < 0 || !(nodes = PyList_New(k)) || !(doc = PyList_New(ch->n_doc_checks)) || !(kept = malloc((size_t)k + 1))) goto done;
+    if (!(nodes = PyList_New(k)) || !(doc = PyList_New(ch->n_doc_checks)) || !(kept = malloc((size_t)k + 1))) goto done;
     Text t;
     for (Py_ssize_t i = 0; i < k; i++) {
         PyObject *row = PyList_New(ch->n_node_checks);
@@ -970,8 +974,7 @@ done:
     free(kept);
     Py_XDECREF(nodes);
     Py_XDECREF(doc);
-    release_large(ch);
-    ch->busy = 0;
+    finish(ch);
     return result;
 }
 
