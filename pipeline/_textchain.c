@@ -272,96 +272,22 @@ static uint64_t word_id(const Py_UCS4 *cp, Py_ssize_t n) {
 /* ------------------------------------------------------------------------------------------ */
 /* Scanning one node */
 
-enum { SCAN_CHARS, SCAN_LOWERED_WORDS };
+enum { SCAN_TABLE, SCAN_CHARS, SCAN_LOWERED };
 
-static int push_word(Chain *ch, Sums *s, uint64_t h, Py_ssize_t len, int alpha) {
-    if (GROW(ch->ids, ch->ids_cap, ch->n_words + 1) || GROW(ch->wlen, ch->wlen_cap, ch->n_words + 1)) return -1;
-    uint64_t id = mix64(h);
-    ch->ids[ch->n_words] = id;
-    ch->wlen[ch->n_words] = (uint32_t)len;
-    ch->n_words++;
-    s->word_chars += len;
-    s->alpha_words += alpha;
-    uint8_t m = vocab_mask(ch, id);
-    for (int v = 0; m; v++, m >>= 1) s->vocab[v] += m & 1;
-    return 0;
-}
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
 
-/* The slow path of scan_fast, for a text with a character that needs str.lower, in two passes:
- * SCAN_CHARS, the character sums of the original text; SCAN_LOWERED_WORDS, the words of the text
+/* Character sums and words of one text, every counter in a register; ``mode`` is a constant at
+ * each call, so each gets its own loop. SCAN_TABLE: an original text, lower-cased by the table;
+ * returns 1 (nothing kept) at the first character that needs str.lower. For such a text, two
+ * passes: SCAN_CHARS, the character sums of the original; SCAN_LOWERED, the words of what
  * str.lower made ("’" still to fold). A word runs from the first to the last non-special
- * character of a whitespace token. */
-static int scan(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, int mode, Sums *s) {
-    int in_token = 0, alpha = 0, alpha_at_last = 0;
-    Py_ssize_t wstart = -1, last = -1, dots = 0;
-    uint64_t h = 0, h_at_last = 0;
-    Sums local;
-    memset(&local, 0, sizeof(local));
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 c = cp[i];
-        uint32_t e = entry(ch, c);
-        if (mode != SCAN_LOWERED_WORDS) {
-            local.special += (e & E_SPECIAL) != 0;
-            if (c == '.') {
-                dots++;
-            } else {
-                local.dots3 += dots / 3;
-                dots = 0;
-                local.hashes += c == '#';
-                local.ellipses += c == 0x2026;
-            }
-        }
-        if (e & E_SPACE) {
-            if (wstart >= 0 && mode != SCAN_CHARS && push_word(ch, &local, h_at_last, last - wstart + 1, alpha_at_last)) return -1;
-            wstart = -1;
-            in_token = 0;
-            continue;
-        }
-        if (!in_token) {
-            in_token = 1;
-            local.tokens++;
-        }
-        if (mode == SCAN_CHARS) continue;
-        Py_UCS4 low = c == 0x2019 ? '\'' : c;
-        int low_alpha = (e & E_ALPHA) != 0;
-        if (!(e & E_SPECIAL)) {
-            if (wstart < 0) {
-                wstart = i;
-                h = FNV_OFFSET;
-                alpha = 0;
-            }
-            h = (h ^ low) * FNV_PRIME;
-            alpha |= low_alpha;
-            h_at_last = h;
-            alpha_at_last = alpha;
-            last = i;
-        } else if (wstart >= 0) {
-            h = (h ^ low) * FNV_PRIME;
-            alpha |= low_alpha;
-        }
-    }
-    if (wstart >= 0 && mode != SCAN_CHARS && push_word(ch, &local, h_at_last, last - wstart + 1, alpha_at_last)) return -1;
-    local.dots3 += dots / 3;
-    /* merge: SCAN_CHARS and SCAN_LOWERED_WORDS each fill their half */
-    if (mode != SCAN_LOWERED_WORDS) {
-        s->special = local.special;
-        s->tokens = local.tokens;
-        s->hashes = local.hashes;
-        s->dots3 = local.dots3;
-        s->ellipses = local.ellipses;
-    }
-    if (mode != SCAN_CHARS) {
-        s->alpha_words = local.alpha_words;
-        s->word_chars = local.word_chars;
-        memcpy(s->vocab, local.vocab, sizeof(s->vocab));
-    }
-    return 0;
-}
-
-/* Character sums and words of an original text, lower-cased by the table, every counter in a
- * register: returns 1 (nothing kept) at the first character that needs str.lower. Words are pushed without bounds checks:
- * the caller reserved room for (n + 1) / 2 more. */
-static int scan_fast(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *s) {
+ * character of a whitespace token. Words are pushed without bounds checks: the caller reserved
+ * room for (n + 1) / 2 more. */
+static ALWAYS_INLINE int scan(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *s, const int mode) {
     const uint32_t *tab = ch->chars;
     Py_ssize_t special = 0, tokens = 0, hashes = 0, dots = 0, dots3 = 0, ellipses = 0;
     Py_ssize_t alpha_words = 0, word_chars = 0, n_words = ch->n_words;
@@ -382,10 +308,12 @@ static int scan_fast(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *s) {
         uint8_t m_ = vocab_mask(ch, id_);                                \
         for (int v_ = 0; m_; v_++, m_ >>= 1) vocab[v_] += m_ & 1;        \
     } while (0)
+#define LOW(c, e) (mode == SCAN_TABLE ? ((e) & E_LOW) : (c) == 0x2019 ? (uint32_t)'\'' : (uint32_t)(c))
+#define LOW_ALPHA(e) (mode == SCAN_TABLE ? ((e) >> 24) & 1 : ((e) >> 23) & 1)
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = cp[i];
         uint32_t e = c < 0x10000 ? tab[c] : astral_entry(c);
-        if (e & E_COMPLEX) return 1;
+        if (mode == SCAN_TABLE && (e & E_COMPLEX)) return 1;
         if (!(e & E_SPECIAL)) { /* inside a word */
             if (dots) {
                 dots3 += dots / 3;
@@ -395,13 +323,14 @@ static int scan_fast(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *s) {
                 in_token = 1;
                 tokens++;
             }
+            if (mode == SCAN_CHARS) continue;
             if (wstart < 0) {
                 wstart = i;
                 h = FNV_OFFSET;
                 alpha = 0;
             }
-            h = (h ^ (e & E_LOW)) * FNV_PRIME;
-            alpha |= (e >> 24) & 1;
+            h = (h ^ LOW(c, e)) * FNV_PRIME;
+            alpha |= LOW_ALPHA(e);
             h_at_last = h;
             alpha_at_last = alpha;
             last = i;
@@ -427,22 +356,33 @@ static int scan_fast(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *s) {
         hashes += c == '#';
         ellipses += c == 0x2026;
         if (wstart >= 0) { /* a special character inside a token, after its word began */
-            h = (h ^ (e & E_LOW)) * FNV_PRIME;
-            alpha |= (e >> 24) & 1;
+            h = (h ^ LOW(c, e)) * FNV_PRIME;
+            alpha |= LOW_ALPHA(e);
         }
     }
     if (wstart >= 0) PUSH_WORD();
+#undef LOW_ALPHA
+#undef LOW
 #undef PUSH_WORD
-    s->special = special;
-    s->tokens = tokens;
-    s->hashes = hashes;
-    s->dots3 = dots3 + dots / 3;
-    s->ellipses = ellipses;
-    s->alpha_words = alpha_words;
-    s->word_chars = word_chars;
-    memcpy(s->vocab, vocab, sizeof(vocab));
-    ch->n_words = n_words;
+    if (mode != SCAN_LOWERED) {
+        s->special = special;
+        s->tokens = tokens;
+        s->hashes = hashes;
+        s->dots3 = dots3 + dots / 3;
+        s->ellipses = ellipses;
+    }
+    if (mode != SCAN_CHARS) {
+        s->alpha_words = alpha_words;
+        s->word_chars = word_chars;
+        memcpy(s->vocab, vocab, sizeof(vocab));
+        ch->n_words = n_words;
+    }
     return 0;
+}
+
+/* Room for the words of a text of ``n`` characters: at most one per two characters. */
+static int reserve_words(Chain *ch, Py_ssize_t n) {
+    return GROW(ch->ids, ch->ids_cap, ch->n_words + (n + 1) / 2 + 1) || GROW(ch->wlen, ch->wlen_cap, ch->n_words + (n + 1) / 2 + 1);
 }
 
 /* Words of a node whose lower case needs str.lower ("İ" becomes two characters, "Σ" depends on
@@ -457,8 +397,8 @@ static int scan_lowered(Chain *ch, PyObject *text, Sums *s) {
     }
     Py_ssize_t n = PyUnicode_GET_LENGTH(low);
     int rc = -1;
-    if (!GROW(ch->lowered, ch->lowered_cap, n + 1) && PyUnicode_AsUCS4(low, ch->lowered, n + 1, 0)) {
-        rc = scan(ch, ch->lowered, n, SCAN_LOWERED_WORDS, s);
+    if (!GROW(ch->lowered, ch->lowered_cap, n + 1) && !reserve_words(ch, n) && PyUnicode_AsUCS4(low, ch->lowered, n + 1, 0)) {
+        rc = scan(ch, ch->lowered, n, s, SCAN_LOWERED);
     }
     Py_DECREF(low);
     return rc;
@@ -769,10 +709,9 @@ static Py_ssize_t load_nodes(Chain *ch, PyObject *texts) {
         nd->start = at;
         nd->len = len;
         nd->w0 = ch->n_words;
-        int rc = GROW(ch->ids, ch->ids_cap, ch->n_words + (len + 1) / 2 + 1) ||
-                 GROW(ch->wlen, ch->wlen_cap, ch->n_words + (len + 1) / 2 + 1);
-        if (!rc) rc = scan_fast(ch, ch->text + at, len, &nd->s);
-        if (rc == 1) rc = scan(ch, ch->text + at, len, SCAN_CHARS, &nd->s) || scan_lowered(ch, s, &nd->s);
+        int rc = reserve_words(ch, len);
+        if (!rc) rc = scan(ch, ch->text + at, len, &nd->s, SCAN_TABLE);
+        if (rc == 1) rc = scan(ch, ch->text + at, len, &nd->s, SCAN_CHARS) || scan_lowered(ch, s, &nd->s);
         if (rc) return -1;
         nd->w1 = ch->n_words;
         at += len;
@@ -1133,25 +1072,11 @@ static void Chain_dealloc(Chain *ch) {
     Py_TYPE(ch)->tp_free((PyObject *)ch);
 }
 
-static PyObject *Chain_word_id(PyObject *cls, PyObject *word) {
-    (void)cls;
-    if (!PyUnicode_Check(word)) {
-        PyErr_SetString(PyExc_TypeError, "word must be str");
-        return NULL;
-    }
-    Py_UCS4 *buf = PyUnicode_AsUCS4Copy(word);
-    if (!buf) return NULL;
-    uint64_t id = word_id(buf, PyUnicode_GET_LENGTH(word));
-    PyMem_Free(buf);
-    return PyLong_FromUnsignedLongLong(id);
-}
-
 static PyMethodDef Chain_methods[] = {
     {"run", (PyCFunction)Chain_run, METH_O,
      "run(texts) -> (node failures [(node, check, value)], (check, value) of the document's first failure or None)"},
     {"values", (PyCFunction)Chain_values, METH_O,
      "values(texts) -> ([every node check's value, per node], [every document check's value on the kept nodes])"},
-    {"word_id", (PyCFunction)Chain_word_id, METH_O | METH_STATIC, "word_id(word) -> the 64-bit id a lower-case word gets"},
     {NULL, NULL, 0, NULL},
 };
 
