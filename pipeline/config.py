@@ -156,6 +156,11 @@ class FetchConfig:
     max_redirects: int = 5  # RFC 9309 / browsers follow at least 5
     allow_private_addresses: bool = False  # only for tests against a loopback server
     allowed_networks: list[str] | None = None  # CIDRs exempt from the private-address refusal (a test server, an intranet mirror)
+    # Caps applied before any request (a page with 5,000 <img> must not cost 5,000 requests):
+    candidate_margin: int = 10  # per document, candidates fetched past images.max_images_per_doc in DOM order, for ones that fail
+    max_candidates_per_doc: int | None = 100  # a document's image URLs fetched at most, whatever the image cap (null: no cap)
+    max_requests_per_host: int | None = 10_000  # per run, robots.txt/retries/redirect hops included: ~42 min of one host at 4 req/s
+    declared_pixel_ratio: float = 2.0  # declared sizes are CSS px: a 2x (retina) file is assumed before images.min_side is applied
 
 
 @dataclass
