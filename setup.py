@@ -25,6 +25,7 @@ PIPELINE = [
     "pyyaml",
     "protego",
     "py3langid",
+    "wordfreq",  # OBELICS common-word ratio: its English word list
     "tqdm",
     "psutil",
 ]

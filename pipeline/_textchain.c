@@ -32,6 +32,7 @@ enum {
     M_BULLET_LINES_RATIO,
     M_ELLIPSIS_LINES_RATIO,
     M_ALPHA_WORDS_RATIO,
+    M_PUNCTUATION_RATIO, /* arg: fewer tokens than this pass (1.0); 0: no minimum */
     M_DUP_PARA_FRAC,
     M_DUP_PARA_CHAR_FRAC,
     M_DUP_LINE_FRAC,
@@ -45,7 +46,7 @@ enum {
 static const char *MEASURE_NAMES[M_COUNT] = {
     "words", "special_ratio", "vocab_ratio", "vocab_count", "mean_word_length",
     "symbol_word_ratio", "bullet_lines_ratio", "ellipsis_lines_ratio", "alpha_words_ratio",
-    "dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac",
+    "punctuation_ratio", "dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac",
     "char_repetition", "word_repetition", "top_ngram_char_frac", "dup_ngram_char_frac",
 };
 #define MAX_VOCABS 8
@@ -59,6 +60,8 @@ static const char *MEASURE_NAMES[M_COUNT] = {
 #define E_ALPHA (1u << 23)     /* the character is a letter */
 #define E_ALPHA_LOW (1u << 24) /* its lower case is a letter */
 #define E_COMPLEX (1u << 25)
+#define E_WORD_RUN_SHIFT 26 /* OBELICS punctuation tokens: [\w'] (on the original character) */
+#define E_MARK_SHIFT 27     /* one of , ; : ? ! . */
 
 /* Polynomial hashes mod 2^64 (odd bases, so invertible): windows roll in O(1). */
 #define NGRAM_BASE 0x9E3779B97F4A7C15ull
@@ -174,6 +177,7 @@ typedef struct {
 /* Sums over one text's characters and words; a document's are its kept nodes' sums. */
 typedef struct {
     Py_ssize_t special, tokens, hashes, dots3, ellipses, alpha_words, word_chars;
+    Py_ssize_t word_runs, marks; /* OBELICS punctuation-ratio tokens */
     Py_ssize_t vocab[MAX_VOCABS];
 } Sums;
 
@@ -246,6 +250,7 @@ static inline uint32_t astral_entry(Py_UCS4 c) {
     if (space) e |= E_SPACE;
     if (space || Py_UNICODE_ISDECIMAL(c) || (c >= 0x1F000 && c <= 0x1FAFF)) e |= E_SPECIAL;
     if (Py_UNICODE_ISALPHA(c)) e |= E_ALPHA | E_ALPHA_LOW | E_COMPLEX;
+    if (Py_UNICODE_ISALNUM(c)) e |= 1u << E_WORD_RUN_SHIFT; /* re's \w: alphanumeric or '_' (BMP) */
     return e;
 }
 
@@ -291,6 +296,8 @@ static ALWAYS_INLINE int scan(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *
     const uint32_t *tab = ch->chars;
     Py_ssize_t special = 0, tokens = 0, hashes = 0, dots = 0, dots3 = 0, ellipses = 0;
     Py_ssize_t alpha_words = 0, word_chars = 0, n_words = ch->n_words;
+    Py_ssize_t word_runs = 0, marks = 0;
+    uint32_t in_run = 0;
     Py_ssize_t vocab[MAX_VOCABS] = {0};
     Py_ssize_t wstart = -1, last = 0;
     int in_token = 0;
@@ -314,6 +321,11 @@ static ALWAYS_INLINE int scan(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *
         Py_UCS4 c = cp[i];
         uint32_t e = c < 0x10000 ? tab[c] : astral_entry(c);
         if (mode == SCAN_TABLE && (e & E_COMPLEX)) return 1;
+        if (mode != SCAN_LOWERED) { /* a run starts where a run character follows a non-run one */
+            uint32_t r = (e >> E_WORD_RUN_SHIFT) & 1;
+            word_runs += r & ~in_run;
+            in_run = r;
+        }
         if (!(e & E_SPECIAL)) { /* inside a word */
             if (dots) {
                 dots3 += dots / 3;
@@ -337,6 +349,7 @@ static ALWAYS_INLINE int scan(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *
             continue;
         }
         special++;
+        if (mode != SCAN_LOWERED) marks += (e >> E_MARK_SHIFT) & 1;
         if (c == '.') {
             dots++;
         } else if (dots) {
@@ -370,6 +383,8 @@ static ALWAYS_INLINE int scan(Chain *ch, const Py_UCS4 *cp, Py_ssize_t n, Sums *
         s->hashes = hashes;
         s->dots3 = dots3 + dots / 3;
         s->ellipses = ellipses;
+        s->word_runs = word_runs;
+        s->marks = marks;
     }
     if (mode != SCAN_CHARS) {
         s->alpha_words = alpha_words;
@@ -630,6 +645,11 @@ static int measure(Chain *ch, Text *t, const Check *c, double *out) {
         *out = c->measure == M_BULLET_LINES_RATIO ? t->bullet : t->ellipsis_lines;
         return 0;
     case M_ALPHA_WORDS_RATIO: *out = ratio(t->s.alpha_words, t->s.tokens); return 0;
+    case M_PUNCTUATION_RATIO: {
+        Py_ssize_t tokens = t->s.word_runs + t->s.marks;
+        *out = !tokens ? 0.0 : (a > 0 && tokens < a) ? 1.0 : (double)t->s.marks / (double)tokens;
+        return 0;
+    }
     case M_DUP_PARA_FRAC:
     case M_DUP_PARA_CHAR_FRAC:
     case M_DUP_LINE_FRAC:
@@ -742,6 +762,8 @@ static int kept_text(Chain *ch, Py_ssize_t k, const char *kept, Text *t) {
         s.ellipses += nd->s.ellipses;
         s.alpha_words += nd->s.alpha_words;
         s.word_chars += nd->s.word_chars;
+        s.word_runs += nd->s.word_runs; /* the blank-line separators hold no token */
+        s.marks += nd->s.marks;
         for (int v = 0; v < MAX_VOCABS; v++) s.vocab[v] += nd->s.vocab[v];
     }
     if (n_kept > 1) s.special += 2 * (n_kept - 1); /* the blank-line separators are whitespace */
@@ -938,7 +960,8 @@ static int parse_checks(PyObject *seq, Check **out, int *n) {
         }
         int needs_n = c->measure >= M_CHAR_REPETITION;
         if (c->measure < 0 || c->measure >= M_COUNT || (needs_n && c->arg < 1) ||
-            ((c->measure == M_VOCAB_RATIO || c->measure == M_VOCAB_COUNT) && (c->arg < 0 || c->arg >= MAX_VOCABS))) {
+            ((c->measure == M_VOCAB_RATIO || c->measure == M_VOCAB_COUNT) && (c->arg < 0 || c->arg >= MAX_VOCABS)) ||
+            (c->measure == M_PUNCTUATION_RATIO && c->arg < 0)) {
             PyErr_Format(PyExc_ValueError, "check %zd: bad measure %d or argument %d", i, c->measure, c->arg);
             Py_DECREF(fast);
             return -1;

@@ -90,6 +90,13 @@ class TextFilterConfig:
     doc_max_special_char_ratio: float | None = 0.275
     doc_min_stopword_ratio: float | None = 0.35
     doc_max_flagged_word_ratio: float | None = 0.01
+    # OBELICS punctuation and common-word ratios (config_filter_web_documents.yaml); off here,
+    # the blend above predates them. Definitions in docs/FILTERS.md.
+    node_min_punctuation_ratio: float | None = None  # OBELICS: 0.001
+    node_punctuation_min_words: int | None = 12  # OBELICS: shorter paragraphs (words and marks) pass the punctuation check
+    node_min_common_word_ratio: float | None = None  # OBELICS: 0.8
+    doc_min_punctuation_ratio: float | None = None  # OBELICS: 0.03
+    doc_min_common_word_ratio: float | None = None  # OBELICS: 0.9
     doc_min_images: int | None = 1
     doc_max_images: int | None = 30
     # Gopher quality (datatrove)
@@ -111,6 +118,7 @@ class TextFilterConfig:
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
     flagged_words_file: str | None = None  # one word per line; None = the bundled list
+    common_words_file: str | None = None  # one word per line; None = wordfreq's English list (OBELICS's own is not published with its code)
     url_domain_blocklist_file: str | None = None  # one domain per line
     url_substring_blocklist_file: str | None = None  # one substring per line
 

@@ -43,6 +43,9 @@ STAGE = "text_filter"
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 STOPWORDS_FILE = os.path.join(DATA_DIR, "stopwords_en.txt")
 FLAGGED_WORDS_FILE = os.path.join(DATA_DIR, "flagged_words_en.txt")
+# OBELICS's common-word list (common_words.json) is not published with its code; wordfreq's English
+# list stands in: every word wordfreq ranks, frequency 1e-8 and up (319,938 words in wordfreq 3.1.1).
+COMMON_WORDS_SOURCE = "wordfreq 'large' English list"
 
 # ---------------------------------------------------------------------------------------------
 # Tokens
@@ -86,6 +89,15 @@ def _load_word_list(path: str) -> frozenset[str]:
         return frozenset(
             line.strip().lower() for line in f if line.strip() and not line.lstrip().startswith("#")
         )
+
+
+@functools.lru_cache(maxsize=1)
+def wordfreq_common_words() -> frozenset[str]:
+    """wordfreq's English words (lower case, ASCII apostrophes, as ``words`` gives them), loaded
+    on first use: about 0.3 s and 30 MB, paid only where a common-word check is configured."""
+    from wordfreq import top_n_list
+
+    return frozenset(top_n_list("en", 10**7, wordlist="large"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +147,33 @@ def special_char_counts(texts: list[str]) -> list[int]:
     special, _ = _char_flags(np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32))
     owner = np.repeat(np.arange(len(texts)), lens)  # text index of each character
     return np.bincount(owner[special], minlength=len(texts)).tolist()
+
+
+# OBELICS punctuation ratio: the text cut into runs of word characters or apostrophes (``[\\w']+``,
+# Unicode letters, digits and "_") and single marks from this set; everything else is skipped.
+PUNCTUATION_MARKS = ",;:?!."
+_PUNCT_TOKEN_RE = re.compile(r"[\w']+|[,;:?!.]")
+_WORD_RUN_CHAR_RE = re.compile(r"[\w']")
+
+
+def punctuation_tokens(text: str) -> tuple[int, int]:
+    """(tokens, marks): OBELICS's tokens of ``text`` (word runs and marks) and how many are marks."""
+    tokens = _PUNCT_TOKEN_RE.findall(text)
+    return len(tokens), sum(1 for t in tokens if t in PUNCTUATION_MARKS)
+
+
+def punctuation_ratio(text: str, min_tokens: int = 0) -> float:
+    """OBELICS: share of the tokens that are marks ``, ; : ? ! .``; 0 without tokens, and 1 (a
+    pass) when ``min_tokens`` > 0 and the text has fewer tokens: too short to judge."""
+    return _punctuation_ratio(*punctuation_tokens(text), min_tokens)
+
+
+def _punctuation_ratio(tokens: int, marks: int, min_tokens: int) -> float:
+    if not tokens:
+        return 0.0
+    if 0 < min_tokens and tokens < min_tokens:
+        return 1.0
+    return marks / tokens
 
 
 def word_ratio(ws: list[str], vocabulary: frozenset[str]) -> float:
@@ -496,7 +535,8 @@ def _kernel_char_table() -> bytes:
     code point with "’" read as "'" (bits 0-20, as ``words`` folds them), special (bit 21),
     whitespace (22), a letter (23), its lower case a letter (24), and bit 25 where ``str.lower``
     must decide: the lower case is not one character in isolation ("İ" becomes two, "Σ" depends
-    on its neighbours) or would change whether the character is special or whitespace."""
+    on its neighbours) or would change whether the character is special or whitespace; bit 26
+    where it belongs to an OBELICS punctuation-ratio word run (``[\\w']``), bit 27 on its marks."""
     special, space = _char_tables()
     alpha = np.fromiter((chr(c).isalpha() for c in range(0x10000)), dtype=bool, count=0x10000)
     low = np.arange(0x10000, dtype=np.uint32)
@@ -510,12 +550,18 @@ def _kernel_char_table() -> bytes:
         else:
             low[c] = ord(lc)
     low[ord("’")] = ord("'")
+    # OBELICS punctuation tokens, on the original characters: [\w'] runs and the marks.
+    word_run = np.fromiter((_WORD_RUN_CHAR_RE.fullmatch(chr(c)) is not None for c in range(0x10000)), dtype=bool, count=0x10000)
+    mark = np.zeros(0x10000, dtype=bool)
+    mark[[ord(c) for c in PUNCTUATION_MARKS]] = True
     flags = (
         (special.astype(np.uint32) << 21)
         | (space.astype(np.uint32) << 22)
         | (alpha.astype(np.uint32) << 23)
         | (alpha[low].astype(np.uint32) << 24)
         | (complex_.astype(np.uint32) << 25)
+        | (word_run.astype(np.uint32) << 26)
+        | (mark.astype(np.uint32) << 27)
     )
     return (low | flags).astype("<u4").tobytes()
 
@@ -569,7 +615,7 @@ class TextStats:
     more than most measures on short paragraphs.
     """
 
-    __slots__ = ("text", "_words", "_n_words", "_word_ids", "_special_ratio", "_paragraphs", "_lines", "no_repeat_n")
+    __slots__ = ("text", "_words", "_n_words", "_word_ids", "_special_ratio", "_paragraphs", "_lines", "_punct", "no_repeat_n")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -579,6 +625,7 @@ class TextStats:
         self._special_ratio: float | None = None
         self._paragraphs: list[str] | None = None
         self._lines: list[str] | None = None
+        self._punct: tuple[int, int] | None = None
         # Largest n known to have no repeated word n-gram: no longer n-gram can repeat either.
         self.no_repeat_n: int | None = None
 
@@ -617,6 +664,11 @@ class TextStats:
         if self._lines is None:
             self._lines = split_lines(self.text)
         return self._lines
+
+    def punctuation_ratio(self, min_tokens: int = 0) -> float:
+        if self._punct is None:
+            self._punct = punctuation_tokens(self.text)
+        return _punctuation_ratio(*self._punct, min_tokens)
 
     @classmethod
     def joined(cls, parts: list["TextStats"], sep: str = "\n\n") -> "TextStats":
@@ -688,15 +740,24 @@ def _stopwords() -> frozenset[str]:
     return load_word_list(STOPWORDS_FILE)
 
 
+def _common(tf: TextFilterConfig) -> frozenset[str]:
+    return load_word_list(tf.common_words_file) if tf.common_words_file else wordfreq_common_words()
+
+
 def node_checks(tf: TextFilterConfig) -> list[Check]:
     """Paragraph (text node) checks, cheapest first (OBELICS node-level defaults)."""
     stop, flagged = _stopwords(), _flagged(tf)
+    min_tokens = tf.node_punctuation_min_words or 0
+    # Loaded only where configured: the list is large.
+    common = _common(tf) if tf.node_min_common_word_ratio is not None else frozenset()
     spec: list[tuple[str, str, Callable[[TextStats], float], tuple[str, object], Callable | None]] = [
         ("node_min_words", "min", lambda s: s.n_words, ("words", 0), None),
         ("node_max_words", "max", lambda s: s.n_words, ("words", 0), None),
         ("node_max_special_char_ratio", "max", lambda s: s.special_ratio, ("special_ratio", 0), _batched(lambda s: s.special_ratio)),
         ("node_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop), ("vocab_ratio", stop), None),
         ("node_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged), ("vocab_ratio", flagged), None),
+        ("node_min_punctuation_ratio", "min", lambda s: s.punctuation_ratio(min_tokens), ("punctuation_ratio", min_tokens), None),
+        ("node_min_common_word_ratio", "min", lambda s: word_ratio(s.words, common), ("vocab_ratio", common), None),
         (
             "node_max_char_10gram_repetition",
             "max",
@@ -719,12 +780,15 @@ def doc_checks(tf: TextFilterConfig) -> list[Check]:
     """Document checks on the text left after paragraph filtering, cheapest first (OBELICS
     document-level and Gopher quality/repetition defaults)."""
     stop, flagged = _stopwords(), _flagged(tf)
+    common = _common(tf) if tf.doc_min_common_word_ratio is not None else frozenset()
     spec: list[tuple[str, str, Callable[[TextStats], float], tuple[str, object]]] = [
         ("doc_min_words", "min", lambda s: s.n_words, ("words", 0)),
         ("doc_max_words", "max", lambda s: s.n_words, ("words", 0)),
         ("doc_max_special_char_ratio", "max", lambda s: s.special_ratio, ("special_ratio", 0)),
         ("doc_min_stopword_ratio", "min", lambda s: word_ratio(s.words, stop), ("vocab_ratio", stop)),
         ("doc_max_flagged_word_ratio", "max", lambda s: word_ratio(s.words, flagged), ("vocab_ratio", flagged)),
+        ("doc_min_punctuation_ratio", "min", lambda s: s.punctuation_ratio(0), ("punctuation_ratio", 0)),
+        ("doc_min_common_word_ratio", "min", lambda s: word_ratio(s.words, common), ("vocab_ratio", common)),
         ("gopher_min_stop_words", "min", lambda s: gopher_stop_word_count(s.words), ("vocab_count", GOPHER_STOP_WORDS)),
         ("gopher_min_mean_word_length", "min", lambda s: mean_word_length(s.words), ("mean_word_length", 0)),
         ("gopher_max_mean_word_length", "max", lambda s: mean_word_length(s.words), ("mean_word_length", 0)),

@@ -77,6 +77,30 @@ def test_stopword_and_flagged_word_ratios():
     assert F.word_ratio([], STOP) == 0.0
 
 
+def test_punctuation_ratio_obelics_tokens_and_marks():
+    # Hello , world ! It's 42 . -> 7 tokens ([\w']+ runs and single marks), 3 of them marks
+    assert F.punctuation_tokens("Hello, world! It's 42.") == (7, 3)
+    assert F.punctuation_ratio("Hello, world! It's 42.") == 3 / 7
+    # "’" is neither a word character nor a mark: "don’t" is two runs; "_" and digits are word characters
+    assert F.punctuation_tokens("don’t e_mail x=1;") == (6, 1)  # don t e_mail x 1 ;
+    assert F.punctuation_tokens("Wait...?!") == (6, 5)  # every mark is its own token
+    assert F.punctuation_tokens("a - b (c) \"d\" #e") == (5, 0)  # - ( ) " # are skipped
+    assert F.punctuation_ratio("") == 0.0 and F.punctuation_ratio("— …") == 0.0
+    # OBELICS's paragraph rule: fewer than 12 tokens cannot be judged and pass (1.0)
+    assert F.punctuation_ratio("one two three four five", 12) == 1.0
+    assert F.punctuation_ratio(" ".join(["word"] * 12), 12) == 0.0
+    assert F.punctuation_ratio(" ".join(["word"] * 11) + ".", 12) == 1 / 12
+    assert F.punctuation_ratio("", 12) == 0.0  # no token at all: 0, as OBELICS returns
+
+
+def test_common_word_ratio_uses_wordfreq_english_list():
+    common = F.wordfreq_common_words()
+    assert len(common) > 300_000 and {"the", "harbour", "don't", "neighbours"} <= common
+    assert F.word_ratio(F.words("The cat sat on the mat."), common) == 1.0
+    assert F.word_ratio(F.words("The cat sat on the qzxvbnq."), common) == 5 / 6
+    assert F.word_ratio(F.words(EN[0]), common) == 1.0
+
+
 def test_gopher_stop_word_rule_counts_the_eight_words():
     assert F.gopher_stop_word_count(F.words("The cat and the dog have fun with me")) == 5
     assert F.gopher_stop_word_count(F.words("Buy cheap shoes now")) == 0
@@ -168,6 +192,27 @@ def test_none_turns_a_check_off():
     cfg.text_filters.node_min_words = None
     kept, rejects = F.filter_document(doc([EN[0], "Home | About", EN[1], EN[2]]), cfg)
     assert kept is not None and "Home | About" in kept.text and rejects == []
+
+
+def test_obelics_punctuation_and_common_word_checks_drop_paragraphs_and_documents():
+    cfg = Config()
+    cfg.text_filters.node_min_punctuation_ratio = 0.001
+    cfg.text_filters.node_min_common_word_ratio = 0.8
+    menu = "Home products about us the contact shop and the news of the blog with the team for the jobs"
+    code = "The sys argv of the os path getsize and the shutil copytree of the pathlib purepath is."
+    kept, rejects = F.filter_document(doc([EN[0], menu, code, EN[1]]), cfg)
+    assert kept is not None and menu not in kept.text and code not in kept.text
+    assert [(r.reason, r.detail) for r in rejects] == [
+        ("node_min_punctuation_ratio", "0 (min 0.001, node 2)"),  # 19 words, no mark
+        ("node_min_common_word_ratio", "0.7059 (min 0.8, node 3)"),  # 12 of 17: not getsize, shutil, copytree, pathlib, purepath
+    ]
+    cfg = Config()
+    cfg.text_filters.doc_min_punctuation_ratio = 0.03
+    cfg.text_filters.doc_min_common_word_ratio = 0.9
+    assert F.filter_document(doc(EN), cfg)[0] is not None
+    cfg.text_filters.doc_min_punctuation_ratio = 0.1  # EN has about 6 marks per 100 tokens
+    kept, rejects = F.filter_document(doc(EN), cfg)
+    assert kept is None and rejects[-1].reason == "doc_min_punctuation_ratio"
 
 
 def test_french_document_dropped_by_language():

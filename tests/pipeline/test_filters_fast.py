@@ -4,8 +4,10 @@ arbitrary Unicode; its verdicts and reject details equal those of the reference 
 (``TextStats`` measures, as ``build-m3w explain`` prints them)."""
 from __future__ import annotations
 
+import copy
 import gzip
 import math
+import re
 from collections import Counter
 
 import pytest
@@ -22,9 +24,15 @@ from schemas.document import Document, ImageNode, Provenance, TextNode
 from tests.conftest import shared_path
 
 CFG = Config()
+# Every measure compared, OBELICS's punctuation and common-word ratios included (off by default).
+CFG.text_filters.node_min_punctuation_ratio = 0.001
+CFG.text_filters.node_min_common_word_ratio = 0.8
+CFG.text_filters.doc_min_punctuation_ratio = 0.03
+CFG.text_filters.doc_min_common_word_ratio = 0.9
 NODE_CHECKS, DOC_CHECKS = F.configured_checks(CFG.text_filters)
 STOP = F.load_word_list(F.STOPWORDS_FILE)
 FLAGGED = F.load_word_list(F.FLAGGED_WORDS_FILE)
+COMMON = F.wordfreq_common_words()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +99,17 @@ def plain_dup_ngram(ws: list[str], n: int, text_len: int) -> float:
     return min(1.0, repeated / text_len)
 
 
+def obelics_punctuation_ratio(text: str, min_nb_words: int = -1) -> float:
+    """OBELICS's compute_punctuation_ratio, step by step: its regex of word runs and marks."""
+    marks = [",", ";", ":", "?", "!", "."]
+    tokens = re.findall(r"[\w']+|[" + "".join(marks) + "]", text)
+    if not tokens:
+        return 0.0
+    if min_nb_words > 0 and len(tokens) < min_nb_words:
+        return 1.0
+    return len([t for t in tokens if t in marks]) / len(tokens)
+
+
 def _share(items: list[str], vocab) -> float:
     return sum(w in vocab for w in items) / len(items) if items else 0.0
 
@@ -107,6 +126,8 @@ def plain_node_values(text: str) -> dict[str, float]:
         "node_max_special_char_ratio": _special(text),
         "node_min_stopword_ratio": _share(ws, STOP),
         "node_max_flagged_word_ratio": _share(ws, FLAGGED),
+        "node_min_punctuation_ratio": obelics_punctuation_ratio(text, 12),
+        "node_min_common_word_ratio": _share(ws, COMMON),
         "node_max_char_10gram_repetition": plain_char_rep(text, 10),
         "node_max_word_5gram_repetition": plain_word_rep(ws, 5),
     }
@@ -124,6 +145,8 @@ def plain_doc_values(text: str) -> dict[str, float]:
         "doc_max_special_char_ratio": _special(text),
         "doc_min_stopword_ratio": _share(ws, STOP),
         "doc_max_flagged_word_ratio": _share(ws, FLAGGED),
+        "doc_min_punctuation_ratio": obelics_punctuation_ratio(text),
+        "doc_min_common_word_ratio": _share(ws, COMMON),
         "gopher_min_stop_words": sum(w in F.GOPHER_STOP_WORDS for w in ws),
         "gopher_min_mean_word_length": sum(map(len, ws)) / len(ws) if ws else 0.0,
         "gopher_max_mean_word_length": sum(map(len, ws)) / len(ws) if ws else 0.0,
@@ -243,7 +266,7 @@ def test_fast_measures_equal_plain_definitions_on_real_pages(real_documents):
 
 
 def test_fast_chain_verdicts_equal_reference_chain_on_real_pages(real_documents):
-    no_language = Config()
+    no_language = copy.deepcopy(CFG)
     no_language.language.keep = None  # so French and German pages reach every text filter
     no_language.language.min_score = None
     verdicts = Counter()
@@ -275,7 +298,7 @@ def test_fast_measures_equal_plain_definitions_on_arbitrary_text(parts):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(texts, min_size=1, max_size=6))
 def test_fast_chain_verdicts_equal_reference_chain_on_arbitrary_text(parts):
-    cfg = Config()
+    cfg = copy.deepcopy(CFG)
     cfg.language.keep = None
     cfg.language.min_score = None
     assert_same_verdict(_document(parts), cfg)
@@ -296,6 +319,9 @@ def test_character_classes_of_every_code_point_match_the_word_definition():
     node_values, _ = compiled_values([text])
     assert node_values[0]["node_max_special_char_ratio"] == sum(map(F.is_special, text)) / len(text)
     assert node_values[0]["node_min_words"] == len(plain_words(text))
+    assert node_values[0]["node_min_punctuation_ratio"] == obelics_punctuation_ratio(text, 12)
+    runs = re.findall(r"[\w']+", text)
+    assert len(runs) > 1000  # astral letters and digits are word characters to \w
     bmp = "".join(chr(c) for c in range(0x20, 0xD800)) + "".join(chr(c) for c in range(0xE000, 0x10000))
     assert_document_matches([bmp[i : i + 500] for i in range(0, len(bmp), 500)])
 
@@ -305,7 +331,7 @@ def test_threads_filter_concurrently_with_the_same_results(real_documents):
     worker running bundles on several threads gets exactly the single-threaded results."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cfg = Config()
+    cfg = copy.deepcopy(CFG)
     cfg.language.keep = None
     cfg.language.min_score = None
     expected = [F.filter_document(d, cfg) for d in real_documents]
