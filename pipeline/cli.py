@@ -52,15 +52,20 @@ def _check_output_writable(output: str) -> None:
 
 
 def _default_runner_args(argv: list[str]) -> list[str]:
-    """Beam's local runner on all cores unless the user chose a runner or a running mode."""
-    if any(a.startswith("--runner") for a in argv) or any(a.startswith("--direct_running_mode") for a in argv):
+    """The local engine on all cores unless the user chose a runner; named explicitly, so that
+    Beam's DirectRunner never tries Prism first (see pipeline/engine.py)."""
+    from pipeline.engine import LOCAL_RUNNER
+
+    if any(a.startswith("--runner") for a in argv):
         return []
+    args = [f"--runner={LOCAL_RUNNER}"]
+    if any(a.startswith("--direct_running_mode") for a in argv):
+        return args
     workers = os.cpu_count() or 1
     if workers == 1:
-        return ["--runner=DirectRunner"]
+        return args
     # Worker processes log their start-up chatter at INFO/WARNING; errors still come through.
-    return [
-        "--runner=DirectRunner",
+    return args + [
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={workers}",
         "--default_sdk_harness_log_level=ERROR",
@@ -86,6 +91,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
 
     from pipeline.build import build_pipeline
     from pipeline.config import ConfigError, dump_config, load_config
+    from pipeline.engine import engine_name
     from pipeline.report import build_report, counters_from_result, format_report, write_report
     from pipeline.shards import atomic_write
     from pipeline.warc import InputError, match_inputs
@@ -95,7 +101,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
             "usage: build-m3w build --input GLOB... --output DIR [--format wds,parquet] [--shard-size N]\n"
             "                       [--config FILE] [--eval-index INDEX] [--fetch-images] [beam options]\n"
             "Beam options pass through, e.g. --runner DataflowRunner --project P --region R --temp_location gs://...,\n"
-            "or --runner FlinkRunner --flink_master HOST:PORT. Default: Beam's local runner on all cores."
+            "or --runner FlinkRunner --flink_master HOST:PORT. Default: Beam's FnApiRunner on all cores, never Prism."
         )
         return {}
     app, beam_args = build_arg_parser().parse_known_args(argv)
@@ -135,6 +141,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     config_blob = dump_config(cfg).encode()
     atomic_write(os.path.join(app.output, "config.yaml"), lambda f: f.write(config_blob))
     print(f"build-m3w: {len(inputs)} input file(s) -> {app.output}", file=sys.stderr)
+    print(f"build-m3w: engine: {engine_name(options)}", file=sys.stderr)
     started = time.time()
     p = beam.Pipeline(options=options)
     build_pipeline(p, inputs, app.output, cfg)
