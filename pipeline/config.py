@@ -32,6 +32,11 @@ class LimitsConfig:
     max_dom_depth: int | None = 256  # deeper trees are cut here (browsers cap around 512)
     max_image_bytes: int | None = 20_000_000  # image payloads larger than this are rejected
     max_image_pixels: int | None = 89_478_485  # Pillow's own decompression-bomb limit
+    # Peak bytes one image may take while decoded and converted (every buffer the image stage
+    # holds at once, estimated from the header before decoding). 256 MiB keeps a worker near
+    # 0.5 GB with the interpreter (issue 14: <= 1 GB for any hostile image) and admits a 60 Mpx
+    # RGB photo (Pillow keeps RGB at 4 bytes per pixel).
+    max_image_decode_bytes: int | None = 268_435_456
     parse_timeout_s: float | None = 10.0  # per-page extraction time limit
     max_revisit_index: int | None = 2_000_000  # URLs/digests kept per WARC to resolve revisits (~150 B each)
 
