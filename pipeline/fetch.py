@@ -14,7 +14,9 @@ Politeness and safety, all from ``FetchConfig``:
   on 5xx, 429, timeouts and dropped connections;
 - private, loopback, link-local, multicast and reserved addresses are refused after DNS
   resolution, on every redirect hop, and the connection goes to the address that was checked
-  (no second lookup an attacker's DNS could answer differently).
+  (no second lookup an attacker's DNS could answer differently). IPv6 forms that reach an IPv4
+  (NAT64, IPv4-mapped/-translated/-compatible, 6to4, Teredo, ISATAP) are judged by that IPv4;
+  local-use NAT64 prefixes are refused.
 
 Fetched images are written as WARC response records (warcio) under ``archive_dir``, one file
 per bundle, written under a temporary name and renamed when complete, so a corpus can be
@@ -151,16 +153,79 @@ def x_robots_forbids(values: Iterable[str], user_agent: str) -> str | None:
     return None
 
 
+# IPv4 blocks that are not globally reachable (IANA IPv4 Special-Purpose Address Registry),
+# multicast and reserved space. Written out rather than read from ``ipaddress.is_global``,
+# whose lists change between Python patch releases.
+_V4_REFUSED = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+))
+# IPv6: only global unicast (2000::/3) is reachable, less its special-purpose blocks. 6to4 and
+# Teredo are judged by the IPv4 they embed (``embedded_ipv4``), before this list.
+_V6_GLOBAL = ipaddress.IPv6Network("2000::/3")
+_V6_REFUSED = tuple(ipaddress.IPv6Network(n) for n in (
+    "2001::/23",  # IETF protocol assignments (ORCHID, benchmarking, ...)
+    "2001:db8::/32", "3fff::/20",  # documentation
+    "2002::/16",  # 6to4 whose embedded IPv4 was not read (never reached: see embedded_ipv4)
+))
+_NAT64_WKP = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215 local-use prefixes
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # RFC 4291
+_V4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291, deprecated
+_SIXTOFOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056
+_TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380
+_ISATAP_IDS = (0x00005EFE, 0x02005EFE, 0x01005EFE, 0x03005EFE)  # RFC 5214 interface ids, u/g bits set or not
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address] | None:
+    """The IPv4 addresses an IPv6 address reaches through a translation or tunnel, or None.
+
+    NAT64 well-known prefix, IPv4-mapped, IPv4-translated and IPv4-compatible addresses carry
+    the IPv4 in their last 32 bits; 6to4 in bits 16-47; Teredo the server in bits 32-63 and the
+    client, inverted, in the last 32; ISATAP in the last 32 behind its interface id. An empty list
+    means "reaches nothing it can be judged by" (refused).
+    """
+    n = int(addr)
+    low = ipaddress.IPv4Address(n & 0xFFFFFFFF)
+    if addr in _NAT64_WKP or addr in _V4_MAPPED or addr in _V4_TRANSLATED or addr in _V4_COMPATIBLE:
+        return [low]
+    if addr in _NAT64_LOCAL:
+        # Where the IPv4 sits depends on the operator's prefix length (RFC 6052 2.2): unknowable.
+        return []
+    if addr in _SIXTOFOUR:
+        return [ipaddress.IPv4Address((n >> 80) & 0xFFFFFFFF)]
+    if addr in _TEREDO:
+        return [ipaddress.IPv4Address((n >> 64) & 0xFFFFFFFF), ipaddress.IPv4Address(~n & 0xFFFFFFFF)]
+    if addr in _V6_GLOBAL and ((n >> 32) & 0xFFFFFFFF) in _ISATAP_IDS:
+        return [low]
+    return None
+
+
+def _in_networks(addr, networks) -> bool:
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
 def _address_allowed(ip: str, cfg: FetchConfig) -> bool:
+    """May the fetcher connect to ``ip``? Refuses every address that is not globally reachable,
+    and every IPv6 form whose embedded IPv4 (``embedded_ipv4``) would be refused as IPv4;
+    ``cfg.allowed_networks`` exempt an address or the IPv4 it embeds."""
     if cfg.allow_private_addresses:
         return True
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    for net in cfg.allowed_networks or ():
-        if addr in ipaddress.ip_network(net, strict=False):
-            return True
-    return addr.is_global and not addr.is_multicast
+    allowed = [ipaddress.ip_network(net, strict=False) for net in cfg.allowed_networks or ()]
+    if _in_networks(addr, allowed):
+        return True
+    if addr.version == 4:
+        return not _in_networks(addr, _V4_REFUSED)
+    embedded = embedded_ipv4(addr)
+    if embedded is not None:
+        if not embedded or not all(_in_networks(v4, allowed) or not _in_networks(v4, _V4_REFUSED) for v4 in embedded):
+            return False
+        if addr not in _V6_GLOBAL or addr in _SIXTOFOUR or addr in _TEREDO:
+            return True  # a translation or tunnel form: what it reaches decides
+    return addr in _V6_GLOBAL and not _in_networks(addr, _V6_REFUSED)
 
 
 def _now_iso() -> str:

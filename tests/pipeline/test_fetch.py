@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import ipaddress
 import io
 import os
 import socket
@@ -403,3 +404,108 @@ def test_archive_reads_back_as_crawl_input(server, tmp_path):
         (server.base + "/img/a.jpg", IMAGE, provs[0].warc_record_offset),
         (server.base + "/redirect-ok.jpg", IMAGE, provs[1].warc_record_offset),  # the URL pages reference
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Addresses: every IPv6 form that embeds an IPv4 is judged by that IPv4
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipeline.fetch import _address_allowed  # noqa: E402
+
+# Not globally reachable (IANA IPv4 special-purpose registry), multicast, reserved.
+FORBIDDEN_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+                "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4"]
+STRICT = FetchConfig()  # no exemptions
+
+
+def _v4_in(net: str):
+    n = ipaddress.IPv4Network(net)
+    return st.integers(0, n.num_addresses - 1).map(lambda i: ipaddress.IPv4Address(int(n.network_address) + i))
+
+
+forbidden_v4 = st.sampled_from(FORBIDDEN_V4).flatmap(_v4_in)
+any_v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+bits = st.integers(0, 2**80 - 1)
+
+
+def _v6(n: int) -> str:
+    return str(ipaddress.IPv6Address(n))
+
+
+# Each form: (name, IPv4 -> IPv6 text given random filler bits)
+FORMS = {
+    "nat64": lambda v4, r: _v6((0x64FF9B << 96) | int(v4)),
+    "mapped": lambda v4, r: _v6((0xFFFF << 32) | int(v4)),
+    "translated": lambda v4, r: _v6((0xFFFF << 48) | int(v4)),
+    "compatible": lambda v4, r: _v6(int(v4)),
+    "6to4": lambda v4, r: _v6((0x2002 << 112) | (int(v4) << 80) | (r & (2**80 - 1))),
+    "teredo_server": lambda v4, r: _v6((0x20010000 << 96) | (int(v4) << 64) | (r & (2**64 - 1))),
+    "teredo_client": lambda v4, r: _v6((0x20010000 << 96) | ((r & 0xFFFFFFFF) << 64) | (int(v4) ^ 0xFFFFFFFF)),
+    "isatap": lambda v4, r: _v6((0x2A00 << 112) | ((r & (2**48 - 1)) << 64) | (0x5EFE << 32) | int(v4)),
+}
+
+
+def test_forms_embed_where_the_rfcs_say():
+    meta = ipaddress.IPv4Address("169.254.169.254")
+    assert [FORMS[f](meta, 0) for f in ("nat64", "mapped", "translated", "compatible")] == [
+        "64:ff9b::a9fe:a9fe", "::ffff:a9fe:a9fe", "::ffff:0:a9fe:a9fe", "::a9fe:a9fe"]
+    assert FORMS["6to4"](meta, 1) == "2002:a9fe:a9fe::1"
+    assert FORMS["teredo_client"](meta, 0) == "2001::5601:5601"
+    for literal in ("64:ff9b::a9fe:a9fe", "::169.254.169.254", "2002:a9fe:a9fe::1", "::ffff:0:169.254.169.254",
+                    "2001:0:a9fe:a9fe::1", "64:ff9b:1::a9fe:a9fe", "64:ff9b:1:a9fe:a9:fe00::"):
+        assert not _address_allowed(literal, STRICT), literal
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(FORMS)), forbidden_v4, bits)
+def test_every_form_embedding_a_forbidden_ipv4_is_refused(form, v4, r):
+    assert not _address_allowed(str(v4), STRICT)
+    assert not _address_allowed(FORMS[form](v4, r), STRICT), FORMS[form](v4, r)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(FORMS)), any_v4 | forbidden_v4, bits)
+def test_every_form_is_judged_exactly_as_the_ipv4_it_embeds(form, v4, r):
+    r |= 1 << 40  # Teredo's other IPv4 (server or client) stays public: 0.0.1.x is refused, 1.0.0.0/8 is not
+    other_public = ipaddress.IPv4Address(0x01000000 | (r & 0xFFFF))
+    if form == "teredo_server":
+        r = (r & ~0xFFFFFFFF) | (int(other_public) ^ 0xFFFFFFFF)
+    elif form == "teredo_client":
+        r = (r & ~0xFFFFFFFF) | int(other_public)
+    assert _address_allowed(FORMS[form](v4, r), STRICT) == _address_allowed(str(v4), STRICT)
+    # an exemption for the IPv4 exempts its IPv6 forms too (a loopback test server over NAT64)
+    exempt = FetchConfig(allowed_networks=[f"{v4}/32"])
+    assert _address_allowed(FORMS[form](v4, r), exempt)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bits)
+def test_local_use_nat64_is_refused_whatever_it_embeds(r):
+    # RFC 8215: the IPv4's position depends on the operator's prefix length, so it cannot be judged.
+    assert not _address_allowed(_v6((0x0064FF9B0001 << 80) | r), STRICT)
+
+
+def test_plain_addresses():
+    for ok in ("8.8.8.8", "1.1.1.1", "2606:4700::1111", "2a00:1450:4001::200e"):
+        assert _address_allowed(ok, STRICT), ok
+    for bad in ("127.0.0.1", "10.1.2.3", "100.64.0.1", "192.0.0.8", "255.255.255.255", "::", "::1", "fe80::1%eth0",
+                "fc00::1", "fd12::1", "ff02::1", "100::1", "2001:db8::1", "3fff::1", "fec0::1", "ff02::5efe:808:808",
+                "2001:db8::5efe:808:808"):
+        assert not _address_allowed(bad, STRICT), bad
+
+
+def test_literal_address_tricks_never_reach_a_loopback_server(server):
+    """Decimal, octal, hex, trailing-dot and IPv6 spellings of 127.0.0.1, and userinfo, through the
+    system resolver with no exemption: all refused before any connection."""
+    port = server.port
+    urls = [f"http://{h}:{port}/img/a.jpg" for h in (
+        "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001", "127.1", "localhost", "localhost.",
+        "[::ffff:127.0.0.1]", "[::127.0.0.1]", "[64:ff9b::7f00:1]", "[::ffff:0:7f00:1]", "[2002:7f00:1::1]",
+        "[::1]", "user@127.0.0.1")]
+    urls += [f"http://127.0.0.1:{port}@no-such-host.invalid/img/a.jpg", f"file:///etc/passwd", "gopher://127.0.0.1/"]
+    got = fetch(urls, cfg(allowed_networks=None, retries=0, timeout_s=2.0))
+    assert {r.reason for r in got} <= {"private_address", "dns_error", "bad_url"}, [(r.url, r.reason) for r in got]
+    assert sum(server.hits.values()) == 0
