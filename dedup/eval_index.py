@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -279,6 +280,18 @@ class EvalIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "EvalIndex":
+        """The index ``to_bytes`` wrote; ``EvalIndexError`` for any other bytes."""
+        try:
+            return cls._from_npz(data)
+        except EvalIndexError:
+            raise
+        # What numpy, zipfile, json and FAISS raise on bytes that are not such an index.
+        except (ValueError, OSError, KeyError, TypeError, AttributeError, RuntimeError, EOFError, zipfile.BadZipFile) as e:
+            why = " ".join(str(e).split())[:80]
+            raise EvalIndexError(f"not an m3w evaluation index ({type(e).__name__}: {why}); build it with `build-m3w eval-index`") from None
+
+    @classmethod
+    def _from_npz(cls, data: bytes) -> "EvalIndex":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format_version") != FORMAT_VERSION:
@@ -316,7 +329,10 @@ class EvalIndex:
                 data = f.read()
         except (OSError, IOError) as e:
             raise EvalIndexError(f"evaluation index {path} cannot be read ({e}); build it with `build-m3w eval-index`") from None
-        return cls.from_bytes(data)
+        try:
+            return cls.from_bytes(data)
+        except EvalIndexError as e:
+            raise EvalIndexError(f"evaluation index {path}: {e}") from None
 
 
 def _binary_codes(index: Any) -> np.ndarray:

@@ -85,6 +85,48 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_flag_warnings(beam_args: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """One line per flag left for Beam that Beam does not know: a mistyped build-m3w flag
+    (``--shard_size``, ``--fetch_image``) would otherwise be dropped without a word."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    ours = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    beam = set(PipelineOptions([]).get_all_options())
+    out = []
+    for arg in beam_args:
+        if not arg.startswith("--") or arg == "--":
+            continue
+        name = arg[2:].split("=", 1)[0]
+        if name.replace("-", "_") in beam:
+            continue
+        dashed = "--" + name.replace("_", "-").lower()
+        near = [dashed] if dashed in ours else difflib.get_close_matches(dashed, ours, n=1, cutoff=0.75)
+        if near:
+            out.append(f"--{name} is not a build-m3w flag; did you mean {near[0]}? (passed to Beam, which ignores it)")
+        else:
+            out.append(f"--{name} is neither a build-m3w flag nor a Beam option Beam knows; it is passed to Beam as is")
+    return out
+
+
+def _check_eval_index(cfg: Any) -> None:
+    """Read the evaluation index now, so a wrong file is one line here, not a worker's traceback."""
+    from dedup.eval_index import EvalIndex, EvalIndexError, load_embedder
+
+    dc = cfg.decontamination
+    try:
+        index = EvalIndex.load(dc.index)
+        index._feature(dc.feature)
+        embedder = load_embedder(dc.embedder, dc.embedder_weights)
+    except EvalIndexError as e:
+        raise UserError(str(e)) from None
+    if embedder is not None and embedder.name not in index.dense:
+        raise UserError(
+            f"evaluation index {dc.index} has no {embedder.name!r} vectors; rebuild it with `build-m3w eval-index --embedder {dc.embedder}`"
+        )
+
+
 def run_build(argv: list[str]) -> dict[str, Any]:
     """Run the build pipeline; returns the report. Raises UserError for user mistakes."""
     import apache_beam as beam
@@ -104,7 +146,10 @@ def run_build(argv: list[str]) -> dict[str, Any]:
             "or --runner FlinkRunner --flink_master HOST:PORT. Default: Beam's FnApiRunner on all cores, never Prism."
         )
         return {}
-    app, beam_args = build_arg_parser().parse_known_args(argv)
+    parser = build_arg_parser()
+    app, beam_args = parser.parse_known_args(argv)
+    for warning in unknown_flag_warnings(beam_args, parser):
+        print(f"build-m3w: warning: {warning}", file=sys.stderr)
     beam_args += _default_runner_args(beam_args)
     options = _pipeline_options(beam_args)
     if not app.input:
@@ -131,6 +176,8 @@ def run_build(argv: list[str]) -> dict[str, Any]:
         cfg.decontamination.index = app.eval_index
     if app.fetch_images:
         cfg.images.fetch = True
+    if cfg.decontamination.index:
+        _check_eval_index(cfg)
     try:
         inputs = match_inputs(app.input)
     except InputError as e:

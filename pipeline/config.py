@@ -1,44 +1,228 @@
 """The build configuration: one versioned YAML file (``pipeline/m3w.yaml``) mapped onto dataclasses.
 
 Every threshold has a default here, with its source; the YAML file holds the same values with the
-same comments and is what users copy and edit. ``None`` turns a check off. ``load_config`` rejects
-unknown keys and wrong types with a one-line error naming the key.
+same comments and is what users copy and edit. ``None`` turns a check off.
+
+Every value is checked when the file is loaded, so a run never starts with one that would crash
+it, hang it or silently switch a check off: its type, then the rule its annotation carries (a
+range, a set of allowed values, a file that must exist, a network that must parse). NaN and
+infinity are refused everywhere; unknown keys are refused with the closest valid key. Each
+mistake is a ``ConfigError`` with one line that names the key and says what is allowed.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import difflib
+import importlib
+import ipaddress
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Callable
 
 import yaml
 
 CONFIG_VERSION = 1
 DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "m3w.yaml")
+MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything larger is the wrong file
+_INT_LIMIT = 2**62  # beyond this, sizes overflow the C and numpy code they reach
 
 
 class ConfigError(ValueError):
     """A user mistake in the config file; the message is one line that says what to fix."""
 
 
+# ---------------------------------------------------------------------------------------------
+# Rules: what a value must be besides its type. A field's annotation carries its rule
+# (``Annotated[int, Rule(lo=1)]``); the aliases below name the common ones.
+
+
+def _from(module: str, attr: str) -> Callable[[], tuple[str, ...]]:
+    """Allowed values read from the module that uses them, imported only when checked."""
+    return lambda: tuple(getattr(importlib.import_module(module), attr))
+
+
+@dataclass(frozen=True)
+class Rule:
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is not allowed (a time limit of 0 s is no limit)
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    kind: str | None = None  # "file", "path", "uri_or_file", "cidr", "language", "pattern", "header", "embedder"
+    nonempty: bool = False  # lists: at least one item (null, where allowed, turns the check off)
+    unique: bool = False  # lists: no item twice
+
+    def allowed_choices(self) -> tuple[str, ...]:
+        return self.choices() if callable(self.choices) else tuple(self.choices or ())
+
+    def describe(self, base: Any) -> str:
+        """What is allowed, in words: ``an integer >= 1``, ``one of wds, parquet``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(self.allowed_choices())
+        if self.kind:
+            return _KIND_WORDS[self.kind]
+        noun = "an integer" if base is int else "a number"
+        lo, hi = self.lo, self.hi
+        if lo is not None and hi is not None and not self.lo_open:
+            return f"{noun} from {_num(lo)} to {_num(hi)}"
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {_num(lo)}")
+        if hi is not None:
+            parts.append(f"<= {_num(hi)}")
+        return f"{noun} {' and '.join(parts)}" if parts else f"a finite {noun[2:] if base is float else 'integer'}"
+
+    def check(self, value: Any, key: str) -> None:
+        if isinstance(value, list):
+            if self.nonempty and not value:
+                raise ConfigError(f"config key {key}: expected at least one item, got []")
+            if self.unique and len(set(value)) != len(value):
+                dup = next(v for i, v in enumerate(value) if v in value[:i])
+                raise ConfigError(f"config key {key}: {dup!r} is listed twice; list each item once")
+            return
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            hi = self.hi if self.hi is not None else (_INT_LIMIT if isinstance(value, int) else None)
+            below = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+            if below or (hi is not None and value > hi):
+                raise _Mismatch
+            return
+        if self.choices is not None:
+            allowed = self.allowed_choices()
+            if value not in allowed:
+                near = difflib.get_close_matches(str(value), allowed, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise ConfigError(f"config key {key}: {_short(value)} is not allowed{hint}; use one of {', '.join(allowed)}")
+        if self.kind:
+            problem = _KIND_CHECKS[self.kind](value)
+            if problem:
+                raise ConfigError(f"config key {key}: {_short(value)} {problem}")
+
+
+def _num(x: float) -> str:
+    return f"{x:,}".replace(",", "_") if isinstance(x, int) and abs(x) >= 100_000 else str(x)
+
+
+def _short(value: Any, n: int = 60) -> str:
+    """``value`` as the error shows it: YAML's words for true/false/null, at most ``n`` characters."""
+    s = {True: "true", False: "false", None: "null"}.get(value, repr(value)) if isinstance(value, (bool, type(None))) else repr(value)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _file_problem(path: str) -> str | None:
+    if not path:
+        return "is an empty path; name a file, or null"
+    if not os.path.exists(path):
+        return f"does not exist (relative paths are read from {os.getcwd()}); name an existing file"
+    if not os.path.isfile(path):
+        return "is not a regular file; name a text file with one entry per line"
+    try:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except OSError as e:
+        return f"cannot be read ({e.strerror}); name a readable file"
+    except UnicodeDecodeError:
+        return "is not UTF-8 text; name a text file with one entry per line"
+    return None
+
+
+def _path_problem(path: str) -> str | None:
+    if not path or not os.path.exists(path):
+        return f"does not exist (relative paths are read from {os.getcwd()}); name an existing local path"
+    return None
+
+
+def _uri_or_file_problem(path: str) -> str | None:
+    if "://" in path:
+        return None  # a FileSystem URI: the runner reads it
+    if not path or not os.path.isfile(path):
+        return "is not an existing file; build one with `build-m3w eval-index` or give a FileSystem URI"
+    return None
+
+
+def _cidr_problem(net: str) -> str | None:
+    try:
+        ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        return "is not an IP network; write one such as 127.0.0.1/32, 10.0.0.0/8 or ::1/128"
+    return None
+
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
+_EMBEDDER = re.compile(r"^(thumbnail16|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+
+_KIND_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "file": _file_problem,
+    "path": _path_problem,
+    "uri_or_file": _uri_or_file_problem,
+    "cidr": _cidr_problem,
+    "language": lambda s: None if _LANGUAGE.match(s) else "is not a language code; use lower-case ISO 639 codes such as en, fr, de",
+    "pattern": lambda s: None if s.strip() else "is empty and would match every URL; remove it",
+    "header": lambda s: None
+    if 0 < len(s) <= 512 and s.isascii() and s.isprintable() and s.split("/", 1)[0].strip()
+    else "is not a usable User-Agent; use printable ASCII such as name/1.0 (+URL), at most 512 characters",
+    "embedder": lambda s: None if _EMBEDDER.match(s) else "is not an embedder; use thumbnail16 or package.module:factory",
+}
+_KIND_WORDS = {
+    "file": "an existing UTF-8 text file",
+    "path": "an existing local path",
+    "uri_or_file": "an existing file or a FileSystem URI",
+    "cidr": "an IP network such as 127.0.0.1/32",
+    "language": "a language code such as en",
+    "pattern": "a non-empty URL substring",
+    "header": "a printable ASCII User-Agent",
+    "embedder": "thumbnail16 or package.module:factory",
+}
+
+Count = Annotated[int, Rule(lo=0)]  # 0, 1, 2, ...
+Positive = Annotated[int, Rule(lo=1)]
+NonNegative = Annotated[float, Rule(lo=0)]
+Fraction = Annotated[float, Rule(lo=0, hi=1)]
+Seconds = Annotated[float, Rule(lo=0, hi=86_400, lo_open=True)]  # 0 would be no limit at all; null is that
+Delay = Annotated[float, Rule(lo=0, hi=86_400)]
+TextFile = Annotated[str, Rule(kind="file")]
+NgramSize = Annotated[int, Rule(lo=1, hi=63)]  # the text chain caches n-grams up to 63 words
+UrlPattern = Annotated[str, Rule(kind="pattern")]
+Language = Annotated[str, Rule(kind="language")]
+Network = Annotated[str, Rule(kind="cidr")]
+
+
+def OneOf(*choices: str) -> Any:
+    return Annotated[str, Rule(choices=tuple(choices))]
+
+
+Detector = Annotated[str, Rule(choices=_from("pipeline.langid", "DETECTORS"))]
+# Named here rather than imported (both modules pull in Pillow and Beam); a test keeps them equal
+# to pipeline.images._PILLOW_FORMATS and dedup.phash.FEATURES.
+IMAGE_FORMATS = ("bmp", "gif", "ico", "jpeg", "png", "tiff", "webp")
+FEATURE_BITS = {"phash64": 64, "phash256": 256, "phash64_trim": 64, "phash256_trim": 256}
+ImageFormat = Annotated[str, Rule(choices=IMAGE_FORMATS)]
+ImageFeature = Annotated[str, Rule(choices=tuple(FEATURE_BITS))]
+OutputFormat = OneOf("wds", "parquet")
+
+
 @dataclass
 class LimitsConfig:
     """Hostile-input limits; hitting one rejects the record with a counted reason."""
 
-    max_record_bytes: int | None = 50_000_000  # larger WARC records are skipped unread (CC caps at ~1 MB)
-    max_html_bytes: int | None = 5_000_000  # decoded HTML larger than this is not parsed
-    max_dom_depth: int | None = 256  # deeper trees are cut here (browsers cap around 512)
-    max_image_bytes: int | None = 20_000_000  # image payloads larger than this are rejected
-    max_image_pixels: int | None = 89_478_485  # Pillow's own decompression-bomb limit
+    max_record_bytes: Positive | None = 50_000_000  # larger WARC records are skipped unread (CC caps at ~1 MB)
+    max_html_bytes: Positive | None = 5_000_000  # decoded HTML larger than this is not parsed
+    max_dom_depth: Positive | None = 256  # deeper trees are cut here (browsers cap around 512)
+    max_image_bytes: Positive | None = 20_000_000  # image payloads larger than this are rejected
+    max_image_pixels: Positive | None = 89_478_485  # Pillow's own decompression-bomb limit
     # Peak bytes one image may take while decoded and converted (every buffer the image stage
     # holds at once, estimated from the header before decoding). 256 MiB keeps a worker near
     # 0.5 GB with the interpreter (issue 14: <= 1 GB for any hostile image) and admits a 60 Mpx
     # RGB photo (Pillow keeps RGB at 4 bytes per pixel).
-    max_image_decode_bytes: int | None = 268_435_456
-    parse_timeout_s: float | None = 10.0  # per-page extraction time limit
-    max_revisit_index: int | None = 2_000_000  # URLs/digests kept per WARC to resolve revisits (~150 B each)
+    max_image_decode_bytes: Positive | None = 268_435_456
+    parse_timeout_s: Seconds | None = 10.0  # per-page extraction time limit
+    max_revisit_index: Positive | None = 2_000_000  # URLs/digests kept per WARC to resolve revisits (~150 B each)
 
 
 @dataclass
@@ -46,17 +230,17 @@ class ExtractConfig:
     """DOM walk into interleaved text and image nodes (pipeline/extract.py)."""
 
     remove_boilerplate: bool = True  # nav/header/footer/menus/forms/comments/related lists
-    boilerplate_max_share: float = 0.5  # a boilerplate-looking element with more of the page's text than this is kept
-    min_text_chars: int = 1  # drop text nodes shorter than this after whitespace collapsing
+    boilerplate_max_share: Fraction = 0.5  # a boilerplate-looking element with more of the page's text than this is kept
+    min_text_chars: Count = 1  # drop text nodes shorter than this after whitespace collapsing
     keep_alt_text: bool = True
-    min_declared_image_side: int | None = 16  # declared width/height below this: tracking pixel, spacer, UI icon
-    drop_image_url_patterns: list[str] = field(
+    min_declared_image_side: Count | None = 16  # declared width/height below this: tracking pixel, spacer, UI icon
+    drop_image_url_patterns: list[UrlPattern] = field(
         # OBELICS drops URLs containing logo, button, icon, plugin, widget; we add common pixels/spacers.
         default_factory=lambda: ["logo", "button", "icon", "plugin", "widget", "pixel", "spacer", "sprite", "avatar", "banner"]
     )
     main_content: bool = True  # keep only the densest content block(s) (readability's text-density score)
-    main_content_min_chars: int = 200  # below this the chosen block is a teaser, not the article: keep the page
-    main_content_min_score: float = 15.0  # a winner below this (~3 paragraphs) is no evidence: keep the page (docs/bench/extraction.md)
+    main_content_min_chars: Count = 200  # below this the chosen block is a teaser, not the article: keep the page
+    main_content_min_score: NonNegative = 15.0  # a winner below this (~3 paragraphs) is no evidence: keep the page (docs/bench/extraction.md)
     drop_title_heading: bool = True  # the heading that repeats <title> is dropped: the document keeps it as `title`
 
 
@@ -64,12 +248,12 @@ class ExtractConfig:
 class LanguageConfig:
     """Offline language identification."""
 
-    keep: list[str] | None = field(default_factory=lambda: ["en"])  # None keeps every language
+    keep: Annotated[list[Language], Rule(nonempty=True, unique=True)] | None = field(default_factory=lambda: ["en"])  # None keeps every language
     # Score = share of the text's characters read as the detected language (pipeline/langid.py).
     # 0.6 drops mixed-language pages (97% of the mostly French/German handbook pages) while keeping
     # 94% of the code-heavy Python docs (docs/bench/filters.md). OBELICS: fastText probability >= 0.8.
-    min_score: float | None = 0.6
-    detector: str = "resiliparse"  # or "py3langid": slower, better on short code-heavy text
+    min_score: Fraction | None = 0.6
+    detector: Detector = "resiliparse"  # or "py3langid": slower, better on short code-heavy text
 
 
 @dataclass
@@ -80,74 +264,74 @@ class TextFilterConfig:
     """
 
     # Paragraph (text node) level — OBELICS
-    node_min_words: int | None = 4
-    node_max_words: int | None = 1000
-    node_max_char_10gram_repetition: float | None = 0.1
-    node_max_word_5gram_repetition: float | None = 0.1
-    node_max_special_char_ratio: float | None = 0.3
-    node_min_stopword_ratio: float | None = 0.3
-    node_max_flagged_word_ratio: float | None = 0.01
+    node_min_words: Count | None = 4
+    node_max_words: Count | None = 1000
+    node_max_char_10gram_repetition: Fraction | None = 0.1
+    node_max_word_5gram_repetition: Fraction | None = 0.1
+    node_max_special_char_ratio: Fraction | None = 0.3
+    node_min_stopword_ratio: Fraction | None = 0.3
+    node_max_flagged_word_ratio: Fraction | None = 0.01
     # Document level — OBELICS
-    doc_min_words: int | None = 10
-    doc_max_words: int | None = 2000
-    doc_max_char_repetition: float | None = 0.1
-    doc_max_word_repetition: float | None = 0.2
-    doc_max_special_char_ratio: float | None = 0.275
-    doc_min_stopword_ratio: float | None = 0.35
-    doc_max_flagged_word_ratio: float | None = 0.01
+    doc_min_words: Count | None = 10
+    doc_max_words: Count | None = 2000
+    doc_max_char_repetition: Fraction | None = 0.1
+    doc_max_word_repetition: Fraction | None = 0.2
+    doc_max_special_char_ratio: Fraction | None = 0.275
+    doc_min_stopword_ratio: Fraction | None = 0.35
+    doc_max_flagged_word_ratio: Fraction | None = 0.01
     # OBELICS punctuation and common-word ratios (config_filter_web_documents.yaml); off here,
     # the blend above predates them. Definitions in docs/FILTERS.md.
-    node_min_punctuation_ratio: float | None = None  # OBELICS: 0.001
-    node_punctuation_min_words: int | None = 12  # OBELICS: shorter paragraphs (words and marks) pass the punctuation check
-    node_min_common_word_ratio: float | None = None  # OBELICS: 0.8
-    doc_min_punctuation_ratio: float | None = None  # OBELICS: 0.03
-    doc_min_common_word_ratio: float | None = None  # OBELICS: 0.9
-    doc_min_images: int | None = 1
-    doc_max_images: int | None = 30
+    node_min_punctuation_ratio: Fraction | None = None  # OBELICS: 0.001
+    node_punctuation_min_words: Count | None = 12  # OBELICS: shorter paragraphs (words and marks) pass the punctuation check
+    node_min_common_word_ratio: Fraction | None = None  # OBELICS: 0.8
+    doc_min_punctuation_ratio: Fraction | None = None  # OBELICS: 0.03
+    doc_min_common_word_ratio: Fraction | None = None  # OBELICS: 0.9
+    doc_min_images: Count | None = 1
+    doc_max_images: Count | None = 30
     # Gopher quality (datatrove)
-    gopher_min_mean_word_length: float | None = 3.0
-    gopher_max_mean_word_length: float | None = 10.0
-    gopher_max_symbol_word_ratio: float | None = 0.1  # max of '#' and ellipsis counts per word
-    gopher_max_bullet_lines_ratio: float | None = 0.9  # of non-blank lines (m3w joins paragraphs by blank lines)
-    gopher_max_ellipsis_lines_ratio: float | None = 0.3
-    gopher_min_alpha_words_ratio: float | None = 0.8
-    gopher_min_stop_words: int | None = 2
+    gopher_min_mean_word_length: NonNegative | None = 3.0
+    gopher_max_mean_word_length: NonNegative | None = 10.0
+    gopher_max_symbol_word_ratio: NonNegative | None = 0.1  # max of '#' and ellipsis counts per word
+    gopher_max_bullet_lines_ratio: Fraction | None = 0.9  # of non-blank lines (m3w joins paragraphs by blank lines)
+    gopher_max_ellipsis_lines_ratio: Fraction | None = 0.3
+    gopher_min_alpha_words_ratio: Fraction | None = 0.8
+    gopher_min_stop_words: Count | None = 2
     # Gopher repetition (datatrove)
-    gopher_max_dup_line_frac: float | None = 0.3
-    gopher_max_dup_para_frac: float | None = 0.3
-    gopher_max_dup_line_char_frac: float | None = 0.2
-    gopher_max_dup_para_char_frac: float | None = 0.2
+    gopher_max_dup_line_frac: Fraction | None = 0.3
+    gopher_max_dup_para_frac: Fraction | None = 0.3
+    gopher_max_dup_line_char_frac: Fraction | None = 0.2
+    gopher_max_dup_para_char_frac: Fraction | None = 0.2
     # m3w counts the top n-gram only when it repeats (datatrove also counts a single occurrence).
-    gopher_top_ngram_char_frac: dict[int, float] | None = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    gopher_dup_ngram_char_frac: dict[int, float] | None = field(
+    gopher_top_ngram_char_frac: dict[NgramSize, Fraction] | None = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    gopher_dup_ngram_char_frac: dict[NgramSize, Fraction] | None = field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
-    flagged_words_file: str | None = None  # one word per line; None = the bundled list
-    common_words_file: str | None = None  # one word per line; None = wordfreq's English list (OBELICS's own is not published with its code)
-    url_domain_blocklist_file: str | None = None  # one domain per line
-    url_substring_blocklist_file: str | None = None  # one substring per line
+    flagged_words_file: TextFile | None = None  # one word per line; None = the bundled list
+    common_words_file: TextFile | None = None  # one word per line; None = wordfreq's English list (OBELICS's own is not published with its code)
+    url_domain_blocklist_file: TextFile | None = None  # one domain per line
+    url_substring_blocklist_file: TextFile | None = None  # one substring per line
 
 
 @dataclass
 class ImageConfig:
     """Decode, filter, resize and hash (pipeline/images.py). M3W: drop small, extreme aspect, single colour."""
 
-    min_side: int | None = 64  # Flamingo paper: images smaller than 64 px removed
-    max_side: int | None = 20_000  # OBELICS upper bound
-    max_aspect_ratio: float | None = 3.0  # long/short side; OBELICS keeps 0.5–2, the paper only says "extreme"
-    min_pixel_std: float | None = 2.0  # single colour: near-zero pixel standard deviation (0–255 scale)
-    allowed_formats: list[str] | None = field(default_factory=lambda: ["jpeg", "png", "webp", "gif", "bmp", "tiff"])
-    min_bytes: int | None = 1_000  # below this: pixels, spacers, icons
-    max_bytes: int | None = 20_000_000
-    url_keywords: list[str] | None = field(
+    min_side: Positive | None = 64  # Flamingo paper: images smaller than 64 px removed
+    max_side: Positive | None = 20_000  # OBELICS upper bound
+    max_aspect_ratio: Annotated[float, Rule(lo=1)] | None = 3.0  # long/short side; OBELICS keeps 0.5–2, the paper only says "extreme"
+    min_pixel_std: Annotated[float, Rule(lo=0, hi=255)] | None = 2.0  # single colour: near-zero pixel standard deviation (0–255 scale)
+    allowed_formats: Annotated[list[ImageFormat], Rule(nonempty=True, unique=True)] | None = field(default_factory=lambda: ["jpeg", "png", "webp", "gif", "bmp", "tiff"])
+    min_bytes: Count | None = 1_000  # below this: pixels, spacers, icons
+    max_bytes: Positive | None = 20_000_000
+    url_keywords: list[UrlPattern] | None = field(
         default_factory=lambda: ["logo", "icon", "button", "banner", "sprite", "avatar", "widget", "plugin"]
     )
-    max_images_per_doc: int | None = 30  # OBELICS
-    resize_longest_side: int | None = 640  # room for 480 px fine-tuning above Flamingo's 320 px training
-    encode_format: str = "jpeg"  # "jpeg" | "webp" | "keep"
-    encode_quality: int = 90
+    max_images_per_doc: Positive | None = 30  # OBELICS
+    resize_longest_side: Positive | None = 640  # room for 480 px fine-tuning above Flamingo's 320 px training
+    encode_format: OneOf("jpeg", "webp", "keep") = "jpeg"  # "jpeg" | "webp" | "keep"
+    encode_quality: Annotated[int, Rule(lo=1, hi=100)] = 90
     keep_originals: bool = False
-    max_docs_per_image: int | None = 10  # OBELICS: images in > 10 documents (logos, buttons) removed
+    max_docs_per_image: Positive | None = 10  # OBELICS: images in > 10 documents (logos, buttons) removed
     fetch: bool = False  # --fetch-images
 
 
@@ -155,25 +339,25 @@ class ImageConfig:
 class FetchConfig:
     """The image fetcher for URLs the crawl lacks (pipeline/fetch.py)."""
 
-    user_agent: str = "m3w-image-fetcher/0.1 (+https://github.com/m3w)"  # product token "m3w-image-fetcher" is matched in robots.txt
-    timeout_s: float = 10.0  # per attempt: connect + headers + body (img2dataset default)
-    max_bytes: int = 20_000_000  # body cap; same as images.max_bytes
-    retries: int = 2  # extra attempts on 5xx, 429, timeouts and dropped connections
-    backoff_s: float = 0.5  # wait before retry n is backoff_s * 2**n
-    per_host_concurrency: int = 2  # requests in flight per host
-    per_host_rate: float | None = 4.0  # requests started per second per host (robots.txt and retries included)
-    concurrency: int = 32  # fetch threads per worker
+    user_agent: Annotated[str, Rule(kind="header")] = "m3w-image-fetcher/0.1 (+https://github.com/m3w)"  # product token "m3w-image-fetcher" is matched in robots.txt
+    timeout_s: Seconds = 10.0  # per attempt: connect + headers + body (img2dataset default)
+    max_bytes: Positive = 20_000_000  # body cap; same as images.max_bytes
+    retries: Annotated[int, Rule(lo=0, hi=100)] = 2  # extra attempts on 5xx, 429, timeouts and dropped connections
+    backoff_s: Delay = 0.5  # wait before retry n is backoff_s * 2**n
+    per_host_concurrency: Annotated[int, Rule(lo=1, hi=1024)] = 2  # requests in flight per host
+    per_host_rate: Annotated[float, Rule(lo=0, lo_open=True)] | None = 4.0  # requests started per second per host (robots.txt and retries included)
+    concurrency: Annotated[int, Rule(lo=1, hi=1024)] = 32  # fetch threads per worker
     respect_robots: bool = True  # robots.txt (RFC 9309) and X-Robots-Tag noai/noimageai/noindex/noimageindex
-    max_crawl_delay_s: float = 10.0  # a robots.txt Crawl-delay above this is capped (slower hosts would stall a worker)
-    max_robots_bytes: int = 500_000  # RFC 9309 asks crawlers to parse at least 500 KiB
-    max_redirects: int = 5  # RFC 9309 / browsers follow at least 5
+    max_crawl_delay_s: Delay = 10.0  # a robots.txt Crawl-delay above this is capped (slower hosts would stall a worker)
+    max_robots_bytes: Positive = 500_000  # RFC 9309 asks crawlers to parse at least 500 KiB
+    max_redirects: Annotated[int, Rule(lo=0, hi=100)] = 5  # RFC 9309 / browsers follow at least 5
     allow_private_addresses: bool = False  # only for tests against a loopback server
-    allowed_networks: list[str] | None = None  # CIDRs exempt from the private-address refusal (a test server, an intranet mirror)
+    allowed_networks: list[Network] | None = None  # CIDRs exempt from the private-address refusal (a test server, an intranet mirror)
     # Caps applied before any request (a page with 5,000 <img> must not cost 5,000 requests):
-    candidate_margin: int = 10  # per document, candidates fetched past images.max_images_per_doc in DOM order, for ones that fail
-    max_candidates_per_doc: int | None = 100  # a document's image URLs fetched at most, whatever the image cap (null: no cap)
-    max_requests_per_host: int | None = 10_000  # per run, robots.txt/retries/redirect hops included: ~42 min of one host at 4 req/s
-    declared_pixel_ratio: float = 2.0  # declared sizes are CSS px: a 2x (retina) file is assumed before images.min_side is applied
+    candidate_margin: Count = 10  # per document, candidates fetched past images.max_images_per_doc in DOM order, for ones that fail
+    max_candidates_per_doc: Positive | None = 100  # a document's image URLs fetched at most, whatever the image cap (null: no cap)
+    max_requests_per_host: Positive | None = 10_000  # per run, robots.txt/retries/redirect hops included: ~42 min of one host at 4 req/s
+    declared_pixel_ratio: Annotated[float, Rule(lo=0, hi=16, lo_open=True)] = 2.0  # declared sizes are CSS px: a 2x (retina) file is assumed before images.min_side is applied
 
 
 @dataclass
@@ -182,15 +366,15 @@ class DedupConfig:
 
     url: bool = True  # exact URL dedup, newest capture kept (OBELICS)
     minhash: bool = True
-    minhash_ngram: int = 5  # word 5-gram shingles (datatrove)
+    minhash_ngram: NgramSize = 5  # word 5-gram shingles (datatrove)
     # 14 bands x 8 rows (datatrove): S-curve midpoint (1/b)^(1/r) ≈ 0.72; pairs at Jaccard 0.8 are
     # caught with p = 0.92, at 0.9 with p > 0.999, at 0.5 with p = 0.05 (docs/bench/dedup.md)
-    minhash_bands: int = 14
-    minhash_rows: int = 8
-    minhash_seed: int = 1  # salt of the shingle hashes; change it and every signature changes
-    minhash_batch_size: int = 256  # documents per vectorised signature batch
-    minhash_cluster_rounds: int = 4  # min-label propagation rounds over LSH star edges (cluster hops reached)
-    paragraph_max_per_domain: int | None = 2  # OBELICS: a paragraph seen > 2 times in a domain is removed
+    minhash_bands: Annotated[int, Rule(lo=1, hi=1024)] = 14
+    minhash_rows: Annotated[int, Rule(lo=1, hi=1024)] = 8
+    minhash_seed: Count = 1  # salt of the shingle hashes; change it and every signature changes
+    minhash_batch_size: Annotated[int, Rule(lo=1, hi=65_536)] = 256  # documents per vectorised signature batch
+    minhash_cluster_rounds: Annotated[int, Rule(lo=1, hi=64)] = 4  # min-label propagation rounds over LSH star edges (cluster hops reached)
+    paragraph_max_per_domain: Positive | None = 2  # OBELICS: a paragraph seen > 2 times in a domain is removed
     image_set: bool = True  # documents with an identical image set deduplicated (OBELICS)
 
 
@@ -198,27 +382,27 @@ class DedupConfig:
 class DecontaminationConfig:
     """Evaluation-set decontamination by FAISS nearest neighbours (dedup/eval_index.py)."""
 
-    index: str | None = None  # --eval-index PATH
+    index: Annotated[str, Rule(kind="uri_or_file")] | None = None  # --eval-index PATH
     # 256-bit pHash of the stored bytes: on 2,370 real edits and 10,000 distinct real images it meets
     # every recall target with no false match up to distance 60; 64-bit pHash (ImageNode.phash) meets
     # them only at 8, where its false-match rate per pair is 3x higher (docs/bench/dedup.md).
-    feature: str = "phash256"  # "phash64" | "phash256" (the index must hold it: build-m3w eval-index --feature)
-    max_hamming_distance: int = 56  # of `feature`; targets met for 42-81, first false pair at 64
+    feature: ImageFeature = "phash256"  # "phash64" | "phash256" (the index must hold it: build-m3w eval-index --feature)
+    max_hamming_distance: Count = 56  # of `feature`; targets met for 42-81, first false pair at 64
     trim_borders: bool = True  # also search each bordered/letterboxed image without its border
     # Dense embeddings as Flamingo did (nearest neighbours over visual features): "thumbnail16"
     # (built in, no weights) or "package.module:factory" called with embedder_weights (a local path).
-    embedder: str | None = None  # None: perceptual hashes only
-    embedder_weights: str | None = None
-    min_cosine: float = 0.95  # not calibrated: set it from your embedder's own positives/negatives
-    drop: str = "image"  # "image" | "document"
+    embedder: Annotated[str, Rule(kind="embedder")] | None = None  # None: perceptual hashes only
+    embedder_weights: Annotated[str, Rule(kind="path")] | None = None
+    min_cosine: Annotated[float, Rule(lo=-1, hi=1)] = 0.95  # not calibrated: set it from your embedder's own positives/negatives
+    drop: OneOf("image", "document") = "image"  # "image" | "document"
 
 
 @dataclass
 class OutputConfig:
-    formats: list[str] = field(default_factory=lambda: ["wds", "parquet"])
-    shard_size: int = 1000  # documents per shard (target; shards are hash-assigned)
+    formats: Annotated[list[OutputFormat], Rule(nonempty=True, unique=True)] = field(default_factory=lambda: ["wds", "parquet"])
+    shard_size: Positive = 1000  # documents per shard (target; shards are hash-assigned)
     rejects: bool = True
-    rejects_sample_rate: float = 1.0  # keep this fraction of rejects (counters always count all)
+    rejects_sample_rate: Fraction = 1.0  # keep this fraction of rejects (counters always count all)
 
 
 @dataclass
@@ -238,81 +422,229 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
+def _expected(hint: Any) -> str:
+    """A type annotation in words, for error messages: ``an integer >= 1 or null``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
+        inner = [a for a in args if a is not type(None)]
+        words = " or ".join(_expected(a) for a in inner)
+        return f"{words}, or null" if type(None) in args else words
+    if origin is Annotated:
+        base, rules = args[0], [r for r in args[1:] if isinstance(r, Rule)]
+        if typing.get_origin(base) is list:
+            (rule,) = rules
+            item = _expected(typing.get_args(base)[0])
+            many = "a list of at least one item" if rule.nonempty else "a list"
+            return f"{many}, each {item}" + (", none twice" if rule.unique else "")
+        return rules[0].describe(base)
+    if origin is list:
+        return f"a list, each {_expected(args[0])}"
+    if origin is dict:
+        return f"a mapping from {_expected(args[0])} to {_expected(args[1])}"
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+class _Mismatch(Exception):
+    """The value is not of the annotated type or outside its range; ``_check`` words the error."""
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """``value`` converted to ``hint`` (an int where a float is expected) and checked against the
+    rules ``hint`` carries; ``ConfigError`` naming ``key`` and what is allowed otherwise."""
+    try:
+        return _convert(value, hint, key)
+    except _Mismatch:
+        got = "null" if value is None else _short(value)
+        raise ConfigError(f"config key {key}: expected {_expected(hint)}, got {got}") from None
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+            if a is not type(None):
+                try:
+                    return _convert(value, a, key)
+                except _Mismatch:
+                    continue
+        raise _Mismatch
+    if origin is Annotated:
+        out = _convert(value, args[0], key)
+        for rule in args[1:]:
+            if isinstance(rule, Rule):
+                rule.check(out, key)
+        return out
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"config key {where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise _Mismatch
+        return [_check(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {where}: expected a mapping, got {value!r}")
-        kt, vt = typing.get_args(hint)
-        return {_check_type(k, kt, where): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
+            raise _Mismatch
+        kt, vt = args
+        return {_check(k, kt, f"{key} (key {_short(k)})"): _check(v, vt, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool):
-        if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
-            raise ConfigError(f"config key {where}: expected {hint.__name__}, got {value!r}")
-        return value
-    raise ConfigError(f"config key {where}: unsupported type {hint}")
+        value = float(value) if abs(value) <= _INT_LIMIT else math.inf
+    if hint not in (int, float, str, bool):
+        raise ConfigError(f"config key {key}: unsupported type {hint}")
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise _Mismatch
+    if (hint is float and not math.isfinite(value)) or (hint is int and abs(value) > _INT_LIMIT):
+        raise _Mismatch
+    if hint is str and "\x00" in value:
+        raise ConfigError(f"config key {key}: {_short(value)} contains a NUL character; remove it")
+    return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+
+
+def _did_you_mean(name: str, where: str, names: set[str]) -> str:
+    """`` (did you mean images.min_side?)``: the same key in another section, else a close name here."""
+    elsewhere = [f"{s}.{name}" for s, cls in _sections().items() if s != where and name in {f.name for f in dataclasses.fields(cls)}]
+    if elsewhere:
+        return f"; did you mean {elsewhere[0]}?"
+    near = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {where + '.' if where else ''}{near[0]}?"
+    return ""
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"config section {where or 'top level'}: expected a mapping")
-    hints = typing.get_type_hints(cls)
+        if not where:
+            raise ConfigError(f"the config file holds {_short(data)}; it must be a mapping of sections such as `images:`")
+        raise ConfigError(f"config section {where}: expected a mapping of keys to values (or null), got {_short(data)}")
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys: {', '.join(sorted(names))}"
-        )
+    for name in data:
+        if not isinstance(name, str):
+            raise ConfigError(f"config {'section ' + where if where else 'file'}: key {_short(name)} is not a name; keys are words such as {sorted(names)[0]}")
+        if name not in names:
+            full = f"{where}.{name}" if where else name
+            hint = _did_you_mean(name, where, names)
+            valid = "" if hint else f"; valid keys{' in ' + where if where else ''}: {', '.join(sorted(names))}"
+            raise ConfigError(f"unknown config key {full}{hint or ''}{valid}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         key = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key)
+            kwargs[name] = _build(hint, {} if value is None else value, key)
         else:
-            kwargs[name] = _check_type(value, hint, key)
-    return cls(**kwargs)
+            kwargs[name] = _check(value, hint, key)
+    out = cls(**kwargs)
+    _check_min_max(out, where)
+    return out
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    cfg = _build(Config, data or {}, "")
+_MIN = re.compile(r"(^|_)min(_|$)")
+
+
+def _check_min_max(section: Any, where: str) -> None:
+    """A ``*min*`` key above its ``*max*`` twin keeps nothing: refused, naming both."""
+    for f in dataclasses.fields(section):
+        twin = _MIN.sub(lambda m: f"{m.group(1)}max{m.group(2)}", f.name, count=1)
+        if twin == f.name or not hasattr(section, twin):
+            continue
+        lo, hi = getattr(section, f.name), getattr(section, twin)
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi:
+            raise ConfigError(
+                f"config key {where}.{f.name} ({lo}) is above {where}.{twin} ({hi}), so nothing would pass; lower it or raise {where}.{twin}"
+            )
+
+
+MAX_MINHASH_PERMUTATIONS = 8192  # bands x rows hash functions; datatrove uses 112
+
+
+def _check_across(cfg: Config) -> None:
+    """Rules that tie keys of different sections or several keys together."""
+    d = cfg.dedup
+    if d.minhash_bands * d.minhash_rows > MAX_MINHASH_PERMUTATIONS:
+        raise ConfigError(
+            f"config keys dedup.minhash_bands x dedup.minhash_rows = {d.minhash_bands * d.minhash_rows} hash functions; "
+            f"at most {MAX_MINHASH_PERMUTATIONS} (datatrove: 14 x 8)"
+        )
+    dc = cfg.decontamination
+    bits = FEATURE_BITS[dc.feature]
+    if dc.max_hamming_distance > bits:
+        raise ConfigError(
+            f"config key decontamination.max_hamming_distance: expected an integer from 0 to {bits} "
+            f"(the bits of {dc.feature}), got {dc.max_hamming_distance}"
+        )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the first would be ignored)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key; construct_mapping reports it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (the first would be ignored)", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def allowed_values(section: str, key: str) -> str:
+    """What ``section.key`` accepts, in words (docs/CONFIG.md's "allowed" column)."""
+    hint = typing.get_type_hints(_sections()[section], include_extras=True)[key]
+    return _expected(hint).replace("|", "/")
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """The config that ``data`` (sections of keys, as in the YAML file) describes, every value checked."""
+    cfg = _build(Config, {} if data is None else data, "")
     if cfg.version != CONFIG_VERSION:
         raise ConfigError(f"config version {cfg.version} is not supported; this m3w reads version {CONFIG_VERSION}")
+    _check_across(cfg)
     return cfg
+
+
+def read_yaml(path: str) -> Any:
+    """The parsed YAML file at ``path``; ``ConfigError`` (one line) for anything that is not a
+    readable, reasonably small, valid YAML text file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing file to --config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory; pass a YAML file to --config") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}); pass a readable file to --config") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; pass the YAML config, not a data file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); pass a YAML text file") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", "") or "").split())
+        why = f" ({problem})" if problem else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}{why}; fix the syntax there") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to be a config; pass the YAML config") from None
 
 
 def load_config(path: str | None = None) -> Config:
     """Read a config file (default: the bundled m3w.yaml); keys left out keep their defaults."""
-    path = path or DEFAULT_CONFIG_PATH
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; pass an existing file to --config") from None
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at}; fix the syntax there") from None
-    return config_from_dict(data or {})
+    return config_from_dict(read_yaml(path or DEFAULT_CONFIG_PATH))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
