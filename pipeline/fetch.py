@@ -10,8 +10,10 @@ Politeness and safety, all from ``FetchConfig``:
 - per-host concurrency and request rate (the rate for redirect targets too); URLs are grouped
   by host so one host is served by one worker at a time, and a worker interleaves hosts instead
   of waiting on a slow one;
-- a timeout per attempt (connect + headers + body), a byte cap, retries with exponential backoff
-  on 5xx, 429, timeouts and dropped connections;
+- a deadline per attempt that holds whatever the server does (DNS, connect, TLS, headers, chunk
+  lines, body, redirects): every socket call gets only the time left, and a watchdog shuts the
+  socket down at the deadline; a byte cap; retries with exponential backoff on 5xx, 429,
+  timeouts and dropped connections;
 - private, loopback, link-local, multicast and reserved addresses are refused after DNS
   resolution, on every redirect hop, and the connection goes to the address that was checked
   (no second lookup an attacker's DNS could answer differently). IPv6 forms that reach an IPv4
@@ -36,6 +38,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import gzip
+import heapq
 import http.client
 import ipaddress
 import os
@@ -236,6 +239,117 @@ def _now_iso() -> str:
 # One HTTP exchange
 
 
+class _DeadlineIO:
+    """Socket methods that give each call only what is left of the attempt: a server that trickles
+    one byte per read cannot stretch the attempt past its deadline (the timeout of a socket call
+    is per call, not per attempt)."""
+
+    deadline = float("inf")
+
+    def _budget(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("attempt deadline passed")
+        self.settimeout(left)
+
+    def connect(self, *a):
+        self._budget()
+        return super().connect(*a)
+
+    def do_handshake(self, *a):
+        self._budget()
+        return super().do_handshake(*a)
+
+    def sendall(self, *a):
+        self._budget()
+        return super().sendall(*a)
+
+    def recv(self, *a):
+        self._budget()
+        return super().recv(*a)
+
+    def recv_into(self, *a):
+        self._budget()
+        return super().recv_into(*a)
+
+
+class _DeadlineSocket(_DeadlineIO, socket.socket):
+    pass
+
+
+class _DeadlineSSLSocket(_DeadlineIO, ssl.SSLSocket):
+    pass
+
+
+class _Guard:
+    """One attempt's socket, shut down by the watchdog at the deadline (under its lock, so a socket
+    that was disarmed and closed is never touched)."""
+
+    __slots__ = ("deadline", "sock", "fired", "done")
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.sock: socket.socket | None = None
+        self.fired = self.done = False
+
+
+class _Watchdog:
+    """Ends every attempt at its deadline whatever the server does: shutting the socket down wakes
+    any blocked connect, handshake or read (they return or raise at once). The per-call budget of
+    ``_DeadlineIO`` already holds for socket calls; this holds for everything else as well."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, _Guard]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float) -> _Guard:
+        guard = _Guard(deadline)
+        with self._cv:
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline, self._seq, guard))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="m3w-fetch-watchdog", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return guard
+
+    def attach(self, guard: _Guard, sock: socket.socket) -> None:
+        with self._cv:
+            if guard.fired:
+                raise TimeoutError("attempt deadline passed")
+            guard.sock = sock
+
+    def disarm(self, guard: _Guard) -> None:
+        with self._cv:
+            guard.done = True
+            guard.sock = None
+
+    def _run(self) -> None:
+        with self._cv:
+            while True:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cv.wait()
+                    continue
+                left = self._heap[0][0] - time.monotonic()
+                if left > 0:
+                    self._cv.wait(left)
+                    continue
+                guard = heapq.heappop(self._heap)[2]
+                guard.fired = True
+                if guard.sock is not None:
+                    try:  # the socket-level call: works on a TLS socket without touching its SSL state
+                        socket.socket.shutdown(guard.sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # not connected yet, or already closed
+
+
+_WATCHDOG = _Watchdog()
+
+
 Resolver = Callable[[str, int], list[str]]
 
 
@@ -260,12 +374,15 @@ class Fetcher:
         self._robots_lock = threading.Lock()
         self._robots_events: dict[str, threading.Event] = {}
         self._ssl = ssl.create_default_context()
+        self._ssl.sslsocket_class = _DeadlineSSLSocket  # TLS reads and writes keep to the deadline too
         self.robots_requests = 0
 
     # -- connection -------------------------------------------------------------------------
 
-    def _connect(self, url: str, deadline: float) -> tuple[http.client.HTTPConnection, str, str]:
-        """A connection pinned to a checked address, and the request target."""
+    def _connect(self, url: str, deadline: float, guard: _Guard) -> tuple[http.client.HTTPConnection, str, str]:
+        """A connection to a checked address (TLS handshake done), and the request target. Every
+        step runs within ``deadline``: the lookup in an abandoned thread, the socket calls on the
+        time left, and the watchdog behind both."""
         try:
             p = urlsplit(url)
             port = p.port or (443 if p.scheme == "https" else 80)
@@ -283,15 +400,28 @@ class Fetcher:
         if refused:  # one bad answer is enough: a rebinding attacker mixes them
             raise _Fail("private_address", f"{p.hostname} -> {refused[0]}")
         ip = addresses[0]
-        timeout = deadline - time.monotonic()  # what is left of this attempt, redirects included
-        if timeout <= 0:
+        if deadline - time.monotonic() <= 0:
             raise _Fail("timeout", f"no time left for {url[:200]}")
-        if p.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(p.hostname, port, timeout=timeout, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(p.hostname, port, timeout=timeout)
         # Connect to the address we checked; TLS still verifies the host name (SNI).
-        conn._create_connection = lambda addr, *a, **kw: socket.create_connection((ip, addr[1]), *a, **kw)
+        sock = _DeadlineSocket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.deadline = deadline
+            _WATCHDOG.attach(guard, sock)
+            sock.connect((ip, port))
+            if p.scheme == "https":
+                tls = self._ssl.wrap_socket(sock, server_hostname=p.hostname, do_handshake_on_connect=False)
+                sock = tls
+                tls.deadline = deadline
+                _WATCHDOG.attach(guard, tls)
+                tls.do_handshake()
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(p.hostname, port, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(p.hostname, port)
+        except BaseException:
+            _WATCHDOG.disarm(guard)
+            sock.close()
+            raise
+        conn.sock = sock  # already connected: http.client does not connect again
         target = (p.path or "/") + (f"?{p.query}" if p.query else "")
         return conn, target, ip
 
@@ -321,8 +451,10 @@ class Fetcher:
 
     def _get(self, url: str, max_bytes: int, deadline: float) -> FetchResult:
         """One GET without following redirects. Raises _Fail on transport errors."""
-        conn, target, ip = self._connect(url, deadline)
+        guard = _WATCHDOG.arm(deadline)
+        conn = None
         try:
+            conn, target, ip = self._connect(url, deadline, guard)
             conn.request(
                 "GET",
                 target,
@@ -343,32 +475,36 @@ class Fetcher:
                 raise _Fail("too_large", f"Content-Length {length} > {max_bytes}")
             chunks, total = [], 0
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _Fail("timeout", f"body not complete after {self.cfg.timeout_s}s")
-                if conn.sock is not None:
-                    conn.sock.settimeout(left)
-                chunk = resp.read1(_CHUNK) if hasattr(resp, "read1") else resp.read(_CHUNK)
+                chunk = resp.read1(_CHUNK)
                 if not chunk:
                     break
                 total += len(chunk)
                 if total > max_bytes:
                     raise _Fail("too_large", f"body > {max_bytes} bytes")
                 chunks.append(chunk)
+            if guard.fired:  # the watchdog's shutdown reads as the end of the body
+                raise _Fail("timeout", f"body not complete after {self.cfg.timeout_s} s")
+            if resp.length:  # http.client's read1 takes an early close for the end of the body
+                raise _Fail("bad_response", f"body cut {resp.length} bytes short of its Content-Length")
             res.body = b"".join(chunks)
             return res
         except _Fail:
             raise
-        except (socket.timeout, TimeoutError) as e:
-            raise _Fail("timeout", str(e) or "timed out") from None
-        except ssl.SSLError as e:
-            raise _Fail("tls_error", str(e)) from None
-        except (http.client.HTTPException, ValueError) as e:
-            raise _Fail("bad_response", f"{type(e).__name__}: {e}") from None
-        except OSError as e:
-            raise _Fail("connection_error", f"{type(e).__name__}: {e}") from None
+        except Exception as e:
+            if guard.fired or isinstance(e, (socket.timeout, TimeoutError)) or time.monotonic() >= deadline:
+                # whatever a shut-down socket made the parser say, the attempt ran out of time
+                raise _Fail("timeout", f"attempt not complete after {self.cfg.timeout_s} s ({type(e).__name__})") from None
+            if isinstance(e, ssl.SSLError) or isinstance(e, ssl.CertificateError):
+                raise _Fail("tls_error", str(e)) from None
+            if isinstance(e, (http.client.HTTPException, ValueError)):
+                raise _Fail("bad_response", f"{type(e).__name__}: {e}") from None
+            if isinstance(e, OSError):
+                raise _Fail("connection_error", f"{type(e).__name__}: {e}") from None
+            raise
         finally:
-            conn.close()
+            _WATCHDOG.disarm(guard)
+            if conn is not None:
+                conn.close()
 
     def _get_following(self, url: str, max_bytes: int, check_robots: bool) -> FetchResult:
         """GET with redirects; every hop is address-checked and (for images) robots-checked."""

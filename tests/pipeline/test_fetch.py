@@ -139,6 +139,104 @@ class Server:
         self.httpd.server_close()
 
 
+def _forever(step):
+    while True:
+        yield step
+
+
+# Hostile responses, each (bytes, delay before sending it) steps; a raw socket sends them.
+HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 4\r\n\r\nabcd"
+CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _trickle(data, delay):
+    for i in range(len(data)):
+        yield data[i:i + 1], delay
+
+
+HOSTILE = {
+    "silent": lambda: iter(()),  # accepts, reads the request, says nothing
+    "status_line_slow": lambda: _trickle(b"HTTP/1.1 200 OK\r\n" * 10, 0.2),
+    "headers_byte_by_byte": lambda: _trickle(HEADERS * 10, 0.05),
+    "endless_headers_slow": lambda: _chain([(b"HTTP/1.1 200 OK\r\n", 0)], _forever((b"X-Pad: y\r\n", 0.05))),
+    "endless_headers_fast": lambda: _chain([(b"HTTP/1.1 200 OK\r\n", 0)], _forever((b"X-Pad: y\r\n" * 100, 0.001))),
+    "chunk_size_lines_slow": lambda: _chain([(CHUNKED, 0)], _trickle(b"10" * 1000, 0.2)),
+    "chunk_data_slow": lambda: _chain([(CHUNKED + b"100000\r\n", 0)], _forever((b"x", 0.01))),
+    "chunk_extensions_endless": lambda: _chain([(CHUNKED + b"4;", 0)], _forever((b"a", 0.01))),
+    "chunk_extensions_endless_fast": lambda: _chain([(CHUNKED + b"4;", 0)], _forever((b"a" * 4096, 0.001))),
+    "chunks_endless_tiny": lambda: _chain([(CHUNKED, 0)], _forever((b"1\r\nx\r\n", 0.01))),
+    "body_drip": lambda: _chain([(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", 0)], _forever((b"x", 0.05))),
+}
+
+
+def _chain(*parts):
+    for part in parts:
+        yield from part
+
+
+class HostileServer:
+    """A raw-socket server on 127.0.0.1 that answers every connection with one ``HOSTILE`` script and
+    records, per connection, how long the client kept it open (until it closed or shut it down)."""
+
+    def __init__(self, script, tls_wait: bool = False, linger: bool = True):
+        self.steps = HOSTILE[script] if isinstance(script, str) else script
+        self.linger = linger  # after the script, keep the connection open until the client goes
+        self.tls_wait = tls_wait  # do not even read an HTTP request (a TLS client waits for our hello)
+        self.held: list[float] = []  # seconds from accept to the client's close, per connection
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _client_gone(self, conn, wait: float) -> bool:
+        """Wait up to ``wait`` s; True when the client closed the connection meanwhile."""
+        conn.settimeout(max(wait, 1e-4))
+        try:
+            return conn.recv(65536) == b""
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+
+    def _serve(self, conn):
+        started = time.monotonic()
+        try:
+            if not self.tls_wait:
+                request = b""
+                conn.settimeout(5)
+                while b"\r\n\r\n" not in request:
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    request += got
+            for data, delay in self.steps():
+                if self._client_gone(conn, delay):
+                    return
+                conn.sendall(data)
+            while self.linger and not self._stop and not self._client_gone(conn, 0.5):
+                pass
+        except OSError:
+            return  # the client reset the connection
+        finally:
+            self.held.append(time.monotonic() - started)
+            conn.close()
+
+    def close(self):
+        self._stop = True
+        self.listener.close()
+
+
 @pytest.fixture
 def server():
     s = Server()
@@ -509,3 +607,56 @@ def test_literal_address_tricks_never_reach_a_loopback_server(server):
     got = fetch(urls, cfg(allowed_networks=None, retries=0, timeout_s=2.0))
     assert {r.reason for r in got} <= {"private_address", "dns_error", "bad_url"}, [(r.url, r.reason) for r in got]
     assert sum(server.hits.values()) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Deadlines: the whole attempt ends at timeout_s whatever the server does
+
+
+@pytest.mark.timeout(60)
+def test_every_trickle_ends_at_the_attempt_deadline():
+    """Each hostile server on its own port, all fetched at once: the attempt against each ends by
+    timeout_s + 1 s (seen from the server: the client hung up by then), as a timeout or, where the
+    parser gives up first, a bad response."""
+    timeout = 1.5
+    servers = {name: HostileServer(name) for name in HOSTILE}
+    servers["tls_handshake_silent"] = HostileServer("silent", tls_wait=True)
+    urls = {name: f"{s.base}/a.jpg" for name, s in servers.items()}
+    urls["tls_handshake_silent"] = urls["tls_handshake_silent"].replace("http://", "https://")
+    t = time.monotonic()
+    try:
+        got = fetch(list(urls.values()), cfg(timeout_s=timeout, retries=0, respect_robots=False, concurrency=len(urls)))
+        elapsed = time.monotonic() - t
+        time.sleep(0.3)  # let the servers see the hang-ups
+    finally:
+        for s in servers.values():
+            s.close()
+    reasons = {name: r.reason for name, r in zip(urls, got)}
+    fast_failures = {"endless_headers_fast", "chunk_extensions_endless_fast"}  # the parser's own line/count caps
+    assert {n: r for n, r in reasons.items() if n not in fast_failures} == {n: "timeout" for n in urls if n not in fast_failures}
+    assert {reasons[n] for n in fast_failures} <= {"bad_response", "timeout"}
+    assert elapsed <= timeout + 1.0, elapsed
+    held = {name: max(s.held) for name, s in servers.items()}
+    assert all(h <= timeout + 1.0 for h in held.values()), held
+
+
+@pytest.mark.timeout(60)
+def test_a_trickling_robots_txt_ends_at_its_deadline_and_keeps_the_host_out():
+    s = HostileServer("headers_byte_by_byte")
+    t = time.monotonic()
+    try:
+        (res,) = fetch([s.base + "/a.jpg"], cfg(timeout_s=1.0, retries=0))
+        elapsed = time.monotonic() - t
+    finally:
+        s.close()
+    assert res.reason == "robots_unavailable" and "timeout" in res.detail, res
+    assert elapsed <= 1.0 + 1.0 and s.connections == 1  # robots.txt only: the image is never asked for
+
+
+def test_a_body_cut_short_of_its_content_length_is_not_an_image():
+    s = HostileServer(lambda: iter([(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10, 0)]), linger=False)
+    try:
+        (res,) = fetch([s.base + "/a.jpg"], cfg(timeout_s=2.0, retries=0, respect_robots=False))
+    finally:
+        s.close()
+    assert res.reason == "bad_response" and "short" in res.detail
