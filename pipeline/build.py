@@ -170,9 +170,9 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     records = selected.records
     missing = selected.missing
     if cfg.images.fetch:
-        from pipeline.fetch import FetchImages
+        from pipeline.fetch import ARCHIVE_DIR, FetchImages
 
-        fetched = missing | "FetchImages" >> FetchImages(cfg.fetch, os.path.join(output, "fetched"))
+        fetched = missing | "FetchImages" >> FetchImages(cfg.fetch, os.path.join(output, ARCHIVE_DIR))
         rejects.append(fetched.rejects)
         records = (records, fetched.images) | "AllImageRecords" >> beam.Flatten()
     else:

@@ -30,14 +30,13 @@ A redirect to another host (a CDN) waits for that host's request slot, so the pe
 for redirect targets too (their concurrency is not counted). DNS lookups use the system resolver
 within the attempt's timeout: a lookup that outlasts it fails the attempt (``timeout``, retried)
 without waiting for the resolver. Known limits: the archive is written with local file operations
-(``archive_dir`` must be a local or mounted path). Leftover ``*.part`` files are bundles that
+(``archive_dir`` must be a local or mounted path). Leftover ``*.tmp-*`` files are bundles that
 failed and were retried.
 """
 from __future__ import annotations
 
 import collections
 import datetime as dt
-import gzip
 import heapq
 import http.client
 import ipaddress
@@ -130,9 +129,10 @@ def host_key(url: str) -> str:
     try:
         p = urlsplit(url)
         port = p.port or (443 if p.scheme == "https" else 80)
-        return f"{p.scheme}://{(p.hostname or '').lower()}:{port}"
     except ValueError:
         return ""
+    host = (p.hostname or "").lower()
+    return f"{p.scheme}://[{host}]:{port}" if ":" in host else f"{p.scheme}://{host}:{port}"
 
 
 def x_robots_forbids(values: Iterable[str], user_agent: str) -> str | None:
@@ -510,18 +510,16 @@ class Fetcher:
         """GET with redirects; every hop is address-checked and (for images) robots-checked."""
         deadline = time.monotonic() + self.cfg.timeout_s
         current = url
-        previous = host_key(url)
-        for _hop in range(self.cfg.max_redirects + 1):
+        for hop in range(self.cfg.max_redirects + 1):
             key = host_key(current)
-            if key != previous and self.hop_gate is not None:
-                # Another host (a CDN, say) gets its own rate: wait for its slot (one for its
-                # robots.txt first when that is still unknown); waiting does not eat the
-                # attempt's timeout.
+            if hop and self.hop_gate is not None:
+                # A redirect is a request of its own: it waits for its host's next slot, the same
+                # host's or another's (a CDN, which gets one for its robots.txt first when that is
+                # still unknown); waiting does not eat the attempt's timeout.
                 if check_robots and not self.robots_known(key):
                     deadline += self.hop_gate(key)
                     self._check_robots(current)
                 deadline += self.hop_gate(key)
-            previous = key
             if check_robots:
                 self._check_robots(current)
             res = self._get(current, max_bytes, deadline)
@@ -644,23 +642,68 @@ class Fetcher:
         enc = next((v.strip().lower() for k, v in res.headers if k.lower() == "content-encoding"), "identity")
         if enc in ("identity", ""):
             return
+        if enc not in ("gzip", "x-gzip", "deflate"):
+            res.reason, res.detail, res.body = "content_encoding", enc, b""
+            return
         try:
-            if enc in ("gzip", "x-gzip"):
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            elif enc == "deflate":
-                d = zlib.decompressobj()
-            else:
-                res.reason, res.detail, res.body = "content_encoding", enc, b""
-                return
-            body = d.decompress(res.body, self.cfg.max_bytes + 1)
-        except (zlib.error, gzip.BadGzipFile) as e:
-            res.reason, res.detail, res.body = "bad_response", f"{enc}: {e}", b""
+            res.body = decode_body(res.body, enc, self.cfg.max_bytes)
+        except _Fail as f:
+            res.reason, res.detail, res.body = f.reason, f.detail, b""
             return
-        if len(body) > self.cfg.max_bytes:
-            res.reason, res.detail, res.body = "too_large", f"decoded body > {self.cfg.max_bytes}", b""
-            return
-        res.body = body
         res.headers = [(k, v) for k, v in res.headers if k.lower() != "content-encoding"]
+
+
+_MAX_GZIP_MEMBERS = 1000  # one image is one member; more than this is an attack on the decoder
+
+
+def decode_body(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    """Undo a gzip or deflate Content-Encoding, every member of a multi-member gzip stream
+    (RFC 1952 2.2), never inflating past ``max_bytes`` in all. Raises ``_Fail`` ("too_large",
+    "bad_response" for corrupt or truncated data). The input is fed in pieces, so what a member
+    leaves over is copied at most a piece at a time."""
+    multi = encoding != "deflate"
+    wbits = 16 + zlib.MAX_WBITS if multi else zlib.MAX_WBITS
+    d = zlib.decompressobj(wbits)
+    out: list[bytes] = []
+    total = pos = members = 0
+    pending = b""
+    fed = False  # the current member got input
+    try:
+        while True:
+            if not pending:
+                if pos >= len(body):
+                    break
+                pending = body[pos:pos + _CHUNK]
+                pos += _CHUNK
+            fed = True
+            chunk = d.decompress(pending, max_bytes + 1 - total)
+            total += len(chunk)
+            if total > max_bytes:
+                raise _Fail("too_large", f"decoded body > {max_bytes}")
+            out.append(chunk)
+            if not d.eof:
+                pending = d.unconsumed_tail
+                continue
+            members += 1
+            if not multi:
+                break  # a deflate stream is one stream
+            if members >= _MAX_GZIP_MEMBERS:
+                raise _Fail("bad_response", f"{encoding}: more than {_MAX_GZIP_MEMBERS} members")
+            # gzip readers skip zero padding between members
+            pending = d.unused_data.lstrip(b"\0")
+            while not pending and pos < len(body):
+                pending = body[pos:pos + _CHUNK].lstrip(b"\0")
+                pos += _CHUNK
+            if not pending:
+                fed = False
+                break
+            d = zlib.decompressobj(wbits)
+            fed = False
+    except zlib.error as e:
+        raise _Fail("bad_response", f"{encoding}: {e}") from None
+    if fed and not d.eof:
+        raise _Fail("bad_response", f"{encoding}: truncated after {total} bytes")
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -836,8 +879,13 @@ class FetchEngine:
 # WARC archive of fetched responses
 
 
+ARCHIVE_DIR = "fetched"  # under the build's output folder
+ARCHIVE_PATTERN = "fetched-*.warc.gz"  # the names WarcArchive writes (temporaries add ".tmp-<hex>")
+
+
 class WarcArchive:
-    """Appends response records to ``<dir>/fetched-<time>-<id>.warc.gz``; renamed into place on close."""
+    """Appends response records to ``<dir>/fetched-<time>-<id>.warc.gz``, written as
+    ``<that>.tmp-<hex>`` and renamed into place on close."""
 
     def __init__(self, archive_dir: str):
         self.dir = archive_dir
@@ -851,7 +899,8 @@ class WarcArchive:
         os.makedirs(self.dir, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
         self.path = os.path.join(self.dir, f"fetched-{stamp}-{uuid.uuid4().hex[:12]}.warc.gz")
-        self._fh = open(self.path + ".part", "wb")
+        self._tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+        self._fh = open(self._tmp, "wb")
         self._writer = WARCWriter(self._fh, gzip=True)
 
     def write(self, res: FetchResult) -> Provenance:
@@ -890,7 +939,7 @@ class WarcArchive:
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
-            os.replace(self.path + ".part", self.path)
+            os.replace(self._tmp, self.path)
             self._fh = self._writer = None
 
 

@@ -24,9 +24,9 @@ def normalize_url(url: str) -> str:
         port = parts.port
     except ValueError:
         port = None
-    netloc = host
+    netloc = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
     if port is not None and str(port) != _DEFAULT_PORTS.get(scheme):
-        netloc = f"{host}:{port}"
+        netloc = f"{netloc}:{port}"
     path = quote(unquote(parts.path or "/"), safe="/:@!$&'()*+,;=-._~%")
     query = urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)), doseq=True) if parts.query else ""
     return urlunsplit((scheme, netloc, path, query, ""))

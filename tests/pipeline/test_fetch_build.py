@@ -58,7 +58,7 @@ def test_build_fetches_missing_images_politely_and_archives_them(tmp_path):
     assert [(n["url"], n["source"]) for n in images] == [(server.base + "/img/harbour.jpg", "fetch")]
     assert server.hits["/private/boats.jpg"] == 0  # robots.txt said no: never requested
     archived = glob.glob(os.path.join(out, "fetched", "*.warc.gz"))
-    assert len(archived) == 1 and not glob.glob(os.path.join(out, "fetched", "*.part"))
+    assert len(archived) == 1 and not glob.glob(os.path.join(out, "fetched", "*.tmp-*"))
     rejects = []
     for path in glob.glob(os.path.join(out, "**", "rejects*"), recursive=True):
         if os.path.isfile(path):
