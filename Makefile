@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo test test-engines bench lock clean
 
 $(STAMP): setup.py requirements.lock pipeline/_textchain.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The engine tests alone (`make test` runs them too): the local engine, EXTERNAL worker pools, and
+# Flink and Spark clusters on 127.0.0.1; the first run fills ~/.cache/m3w-engines.
+test-engines: $(STAMP)
+	$(BIN)/python -m pytest -q tests/engines
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -72,6 +72,17 @@ def _default_runner_args(argv: list[str]) -> list[str]:
     ]
 
 
+def _check_paths_reach_workers(options: Any, inputs: list[str], output: str) -> None:
+    """A cluster's workers do not run in this directory: a relative path would name another file there."""
+    from pipeline.engine import workers_share_cwd
+
+    if workers_share_cwd(options):
+        return
+    for path in [*inputs, output]:
+        if "://" not in path and not os.path.isabs(path):
+            raise UserError(f"{path!r} is a relative path and this runner's workers do not run in this directory; pass absolute paths or URIs")
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     """build-m3w build's own flags; everything else on the command line is a Beam pipeline option."""
     parser = argparse.ArgumentParser(prog="build-m3w build", add_help=False)
@@ -134,7 +145,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     from pipeline.build import build_pipeline
     from pipeline.config import ConfigError, dump_config, load_config
     from pipeline.engine import engine_name
-    from pipeline.report import build_report, counters_from_result, format_report, write_report
+    from pipeline.report import build_report, format_report, run_counters, write_report
     from pipeline.shards import atomic_write
     from pipeline.warc import InputError, match_inputs
 
@@ -183,6 +194,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     except InputError as e:
         raise UserError(str(e)) from None
     _check_output_writable(app.output)
+    _check_paths_reach_workers(options, inputs, app.output)
 
     _remove_stale_files(app.output, keep=set())
     config_blob = dump_config(cfg).encode()
@@ -195,9 +207,10 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     result = p.run()
     result.wait_until_finish()
     _remove_stale_files(app.output, keep=_manifest_paths(app.output))
-    counters = counters_from_result(result)
+    counters, metrics_note = run_counters(result, app.output)
     report = build_report(
         counters,
+        **metrics_note,
         inputs=inputs,
         output=app.output,
         formats=cfg.output.formats,

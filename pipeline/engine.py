@@ -52,4 +52,27 @@ def engine_name(options: Any) -> str:
         "SparkRunner": all_opts.get("spark_master_url"),
         "PortableRunner": all_opts.get("job_endpoint"),
     }.get(short)
-    return f"Beam {short}" + (f" at {where}" if where else "")
+    name = f"Beam {short}" + (f" at {where}" if where else "")
+    env = all_opts.get("environment_type")
+    if env:
+        config = all_opts.get("environment_config") if env.upper() == "EXTERNAL" else None
+        name += f", {env.upper()} workers" + (f" at {config}" if config else "")
+    return name
+
+
+def workers_share_cwd(options: Any) -> bool:
+    """Whether the runner's workers open relative paths as this process does.
+
+    The local engine's workers are this process or its children; LOOPBACK workers run in this
+    process. A cluster's (or an EXTERNAL/DOCKER/PROCESS pool's) workers run elsewhere, where a
+    relative path names another file or none.
+    """
+    from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+
+    env = (options.view_as(PortableOptions).environment_type or "").upper()
+    if env == "LOOPBACK":
+        return True
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    short = (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1]
+    local = short in ("LocalRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
+    return local and env in ("", "BEAM_PYTHON_EMBEDDED")
