@@ -25,7 +25,7 @@ from schemas.document import ImageNode, TextNode, from_json, validate
 from tests.conftest import REPO, shared_path
 
 SPINE_CONFIG = str(REPO / "tests" / "data" / "spine.yaml")
-LOCAL = ["--runner=DirectRunner"]  # in-process: the multi-process default is exercised by the demo
+LOCAL = ["--direct_running_mode=in_memory"]  # the local engine in-process: the multi-process default is exercised by the demo
 
 
 @pytest.fixture(scope="module")

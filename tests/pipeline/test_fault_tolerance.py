@@ -45,13 +45,13 @@ def build(out: str, *runner: str) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, bytes]:
-    return build(str(tmp_path_factory.mktemp("ref")), "--runner=DirectRunner")
+    return build(str(tmp_path_factory.mktemp("ref")), "--direct_running_mode=in_memory")
 
 
 @pytest.mark.parametrize(
     "runner",
     [
-        ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
         ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
     ],
     ids=["multi-process-2-workers", "portable-runner"],

@@ -44,7 +44,7 @@ def test_build_fetches_missing_images_politely_and_archives_them(tmp_path):
         cfg_path.write_text(yaml.safe_dump(cfg))
         out = str(tmp_path / "out")
         rc = build_m3w(["build", "--input", crawl, "--output", out, "--config", str(cfg_path), "--fetch-images",
-                        "--runner=DirectRunner"])
+                        "--direct_running_mode=in_memory"])
         assert rc == 0
     finally:
         server.close()
