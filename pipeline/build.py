@@ -23,10 +23,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.config import Config
+from pipeline.outputs import DECONTAMINATION_DIR, REJECTS_DIR
 from pipeline.records import Reject, keep_sampled
 from schemas.document import Document, ImageNode
 
-REJECTS_DIR = "rejects"
 
 
 class FinalizeDocuments(beam.PTransform):
@@ -179,7 +179,9 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         rejects.append(selected.missing_rejects)
     processed = records | "ProcessImages" >> ProcessImages(cfg.images, cfg.limits)
     rejects.append(processed.rejects)
-    docs = (docs, processed.images) | "AttachImages" >> AttachImages()
+    attached = (docs, processed.images) | "AttachImages" >> AttachImages()
+    rejects.append(attached["rejects"])
+    docs = attached["documents"]
 
     repeated = docs | "DropRepeatedImages" >> DropRepeatedImages(cfg.images)
     rejects.append(repeated.rejects)
@@ -191,7 +193,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
         _ = (
             decon.matches
             | "MatchesToJson" >> beam.Map(lambda m: [json.dumps(m, sort_keys=True, ensure_ascii=False)])
-            | "WriteDecontaminationReport" >> WriteSortedJsonLines(output, "decontamination/matches")
+            | "WriteDecontaminationReport" >> WriteSortedJsonLines(output, f"{DECONTAMINATION_DIR}/matches")
         )
     if cfg.dedup.minhash or cfg.dedup.image_set or cfg.dedup.paragraph_max_per_domain is not None:
         deduped = docs | "DeduplicateDocuments" >> DeduplicateDocuments(cfg.dedup)

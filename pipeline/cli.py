@@ -145,6 +145,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     from pipeline.build import build_pipeline
     from pipeline.config import ConfigError, dump_config, load_config
     from pipeline.engine import engine_name
+    from pipeline.outputs import OutputError, remove_stale_files
     from pipeline.report import build_report, format_report, run_counters, write_report
     from pipeline.shards import atomic_write
     from pipeline.warc import InputError, match_inputs
@@ -195,8 +196,10 @@ def run_build(argv: list[str]) -> dict[str, Any]:
         raise UserError(str(e)) from None
     _check_output_writable(app.output)
     _check_paths_reach_workers(options, inputs, app.output)
-
-    _remove_stale_files(app.output, keep=set())
+    try:
+        remove_stale_files(app.output, "before", inputs=inputs)
+    except OutputError as e:
+        raise UserError(str(e)) from None
     config_blob = dump_config(cfg).encode()
     atomic_write(os.path.join(app.output, "config.yaml"), lambda f: f.write(config_blob))
     print(f"build-m3w: {len(inputs)} input file(s) -> {app.output}", file=sys.stderr)
@@ -206,7 +209,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     build_pipeline(p, inputs, app.output, cfg)
     result = p.run()
     result.wait_until_finish()
-    _remove_stale_files(app.output, keep=_manifest_paths(app.output))
+    remove_stale_files(app.output, "after", inputs=inputs)
     counters, metrics_note = run_counters(result, app.output)
     report = build_report(
         counters,
@@ -224,41 +227,6 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     print(f"report:   {os.path.join(app.output, 'report.json')}")
     print(f"rejects:  {os.path.join(app.output, 'rejects')}")
     return report
-
-
-def _manifest_paths(output: str) -> set[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    from pipeline.shards import MANIFEST
-
-    with FileSystems.open(FileSystems.join(output, MANIFEST)) as f:
-        return {FileSystems.join(output, e["path"]) for e in json.load(f)["shards"]}
-
-
-def _remove_stale_files(output: str, keep: set[str] | None) -> int:
-    """Delete what an interrupted or earlier run left in the output folders.
-
-    Before a run (``keep`` empty): temporary files (``*.tmp-*``) and the rejects and decontamination
-    reports, which the run writes anew. After a run: shard files the new manifest does not list.
-    So a rerun into the same folder converges to exactly the new corpus.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    from pipeline.build import REJECTS_DIR
-    from pipeline.shards import PARQUET_DIR, WDS_DIR
-
-    stale = []
-    for folder in (WDS_DIR, PARQUET_DIR, REJECTS_DIR, "decontamination", ""):
-        pattern = FileSystems.join(output, folder, "*") if folder else FileSystems.join(output, "*")
-        for match in FileSystems.match([pattern])[0].metadata_list:
-            path = match.path
-            name = path.rsplit("/", 1)[-1]
-            rewritten = not keep and folder in (REJECTS_DIR, "decontamination")
-            if ".tmp-" in name or rewritten or (keep and folder in (WDS_DIR, PARQUET_DIR) and path not in keep):
-                stale.append(path)
-    if stale:
-        FileSystems.delete(stale)
-    return len(stale)
 
 
 def _dirs(formats: list[str]) -> list[str]:

@@ -57,19 +57,60 @@ def _check_parquet(path: str) -> tuple[int, int, list[str]]:
     return docs, images, errors
 
 
+def _load_manifest(manifest_path: str) -> tuple[dict | None, list[str]]:
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, [f"{manifest_path}: unreadable ({type(e).__name__}: {e})"]
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list):
+        return None, [f"{manifest_path}: malformed (no list of shards)"]
+    return manifest, []
+
+
+def _entry_errors(entry: object, output_dir: str) -> list[str]:
+    """What makes a manifest entry unusable: missing keys, wrong types, or a path that leaves the
+    shard folders (``../``, absolute paths, links), which verify never follows."""
+    if not isinstance(entry, dict):
+        return [f"manifest entry {entry!r}: not an object"]
+    want = {"path": str, "format": str, "bytes": int, "sha256": str, "documents": int, "images": int}
+    bad = [k for k, t in want.items() if not isinstance(entry.get(k), t) or isinstance(entry.get(k), bool)]
+    if bad:
+        return [f"manifest entry {entry.get('path')!r}: missing or malformed {', '.join(bad)}"]
+    folder, _, name = entry["path"].partition("/")
+    real_folder = os.path.realpath(os.path.join(output_dir, folder))
+    if (
+        folder not in (WDS_DIR, PARQUET_DIR)
+        or not name
+        or "/" in name
+        or name in (".", "..")
+        or os.path.dirname(real_folder) != os.path.realpath(output_dir)
+        or os.path.islink(os.path.join(output_dir, folder, name))
+    ):
+        return [f"{entry['path']}: not a shard path inside {output_dir!r} (verify reads only wds/ and parquet/ files)"]
+    if entry["format"] not in ("wds", "parquet"):
+        return [f"{entry['path']}: unknown format {entry['format']!r}"]
+    return []
+
+
 def verify(output_dir: str) -> list[str]:
     """All mismatches between the manifest and the files (empty list: the corpus is sound)."""
     manifest_path = os.path.join(output_dir, MANIFEST)
     if not os.path.exists(manifest_path):
         return [f"{manifest_path}: missing (not an m3w corpus, or the build did not finish)"]
-    with open(manifest_path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    errors: list[str] = []
+    manifest, errors = _load_manifest(manifest_path)
+    if manifest is None:
+        return errors
     listed = set()
     for entry in manifest["shards"]:
+        bad = _entry_errors(entry, output_dir)
+        if bad:
+            errors += bad
+            continue
         path = os.path.join(output_dir, entry["path"])
         listed.add(os.path.normpath(path))
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             errors.append(f"{entry['path']}: listed in the manifest but missing")
             continue
         sha, size = _sha256(path)
@@ -116,7 +157,10 @@ def main(argv: list[str]) -> int:
         print(f"verify: FAILED, {len(errors)} problem(s)")
         return 1
     with open(os.path.join(args.output_dir, MANIFEST), encoding="utf-8") as f:
-        totals = json.load(f)["totals"]
-    summary = ", ".join(f"{fmt}: {t['shards']} shards, {t['documents']} documents, {t['images']} images" for fmt, t in sorted(totals.items()))
+        totals = json.load(f).get("totals")
+    totals = {k: v for k, v in totals.items() if isinstance(v, dict)} if isinstance(totals, dict) else {}
+    summary = ", ".join(
+        f"{fmt}: {t.get('shards')} shards, {t.get('documents')} documents, {t.get('images')} images" for fmt, t in sorted(totals.items())
+    )
     print(f"verify: OK ({summary or 'empty corpus'})")
     return 0
