@@ -96,13 +96,22 @@ class _AttachFn(beam.DoFn):
         self.attached = Metrics.counter("m3w", "join.images_attached")
         self.unresolved = Metrics.counter("m3w", "join.image_nodes_unresolved")
         self.docs = Metrics.counter("m3w", "join.documents")
+        self.duplicates = Metrics.counter("m3w", "join.dropped_duplicate_doc_id")
 
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Document]:
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         _, groups = element
         docs = list(groups["doc"])
         if not docs:
             return
-        (doc,) = docs
+        # Ids are unique per input path and record; should two documents still share one (the same
+        # file read twice), the first by provenance is kept and the others are rejects.
+        docs.sort(key=lambda d: (d.provenance.warc_filename, d.provenance.warc_record_offset, d.url))
+        doc = docs[0]
+        for other in docs[1:]:
+            self.duplicates.inc()
+            yield beam.pvalue.TaggedOutput(
+                "rejects", Reject.of("join", "duplicate_doc_id", other.provenance, other.url, f"doc_id={other.doc_id}")
+            )
         resolved = {url: img for url, img in groups["images"]}
         nodes = []
         for node in doc.nodes:
@@ -120,7 +129,8 @@ class _AttachFn(beam.DoFn):
 
 
 class AttachImages(beam.PTransform):
-    """(PCollection[Document], PCollection[ResolvedImage]) → PCollection[Document] with images resolved.
+    """(PCollection[Document], PCollection[ResolvedImage]) → {"documents": Document with images
+    resolved, "rejects": Reject (a second document under an id already taken)}.
 
     Documents without image nodes skip the join (no shuffle of their text)."""
 
@@ -138,9 +148,10 @@ class AttachImages(beam.PTransform):
         attached = (
             {"doc": with_images | "KeyDocsById" >> beam.Map(lambda d: (d.doc_id, d)), "images": per_doc}
             | "GroupByDocument" >> beam.CoGroupByKey()
-            | "Attach" >> beam.ParDo(_AttachFn())
+            | "Attach" >> beam.ParDo(_AttachFn()).with_outputs("rejects", main="documents")
         )
-        return (attached, without_images | "CountTextOnly" >> beam.Map(_count_text_only)) | "AllDocuments" >> beam.Flatten()
+        documents = (attached.documents, without_images | "CountTextOnly" >> beam.Map(_count_text_only)) | "AllDocuments" >> beam.Flatten()
+        return {"documents": documents, "rejects": attached.rejects}
 
 
 _TEXT_ONLY = Metrics.counter("m3w", "join.documents")

@@ -91,8 +91,11 @@ class Document:
 
 
 def make_doc_id(url: str, prov: Provenance) -> str:
-    """Stable id of one capture: the same inputs always give the same id (shard assignment uses it)."""
-    key = f"{url}\0{prov.warc_filename.rsplit('/', 1)[-1]}\0{prov.warc_record_offset}"
+    """Stable id of one capture: the same inputs always give the same id (shard assignment uses it).
+
+    Keyed on the input path as the run names it, so captures of two files that share a base name
+    (``a/crawl.warc.gz``, ``b/crawl.warc.gz``) never share an id."""
+    key = f"{url}\0{prov.warc_filename}\0{prov.warc_record_offset}"
     return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
