@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.cli import main as build_m3w
 from pipeline.verify import verify
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, shared_path
 
 SAMPLE = str(REPO / "samples" / "demo.warc.gz")
 
@@ -71,7 +71,9 @@ def test_every_counted_drop_has_its_reject_line(reference):
     counters = json.loads(reference["report.json"])["counters"]
     text = Counter(r["reason"] for r in lines if r["stage"] == "text_filter")
     counted = Counter({k.split(".", 1)[1].split("dropped_", 1)[1]: v for k, v in counters.items() if k.startswith("text_filter.") and "dropped_" in k})
-    assert text == counted
+    assert text == counted and sum(text.values()) > 0
+    # The bundled sample drops a handful; the real crawls give the batches many lines to carry.
+    shared_path("warc", "node_warc_tests", "books.toscrape.warc")
     assert sum(text.values()) > 50
 
 
