@@ -172,7 +172,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     if cfg.images.fetch:
         from pipeline.fetch import ARCHIVE_DIR, FetchImages
 
-        fetched = missing | "FetchImages" >> FetchImages(cfg.fetch, os.path.join(output, ARCHIVE_DIR))
+        fetched = (missing, docs) | "FetchImages" >> FetchImages(cfg.fetch, os.path.join(output, ARCHIVE_DIR), cfg.images)
         rejects.append(fetched.rejects)
         records = (records, fetched.images) | "AllImageRecords" >> beam.Flatten()
     else:

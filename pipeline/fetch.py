@@ -1,7 +1,14 @@
 """A polite image fetcher for the image URLs the crawl lacks (``build-m3w build --fetch-images``).
 
-``FetchImages``: ``PCollection[str]`` (absolute image URLs) → ``images`` (``ImageRecord`` whose
-provenance points at the archived WARC response record) + ``rejects`` (stage "fetch").
+``FetchImages``: ``(missing URLs, documents)`` or ``PCollection[str]`` (absolute image URLs) →
+``images`` (``ImageRecord`` whose provenance points at the archived WARC response record) +
+``rejects`` (stage "fetch").
+
+Nothing is requested that could not be kept: per document only the first
+``images.max_images_per_doc + fetch.candidate_margin`` candidates in DOM order (at most
+``fetch.max_candidates_per_doc``) whose URL and declared size and shape pass the image filters
+are fetched, each distinct URL once per run, and a host gets at most
+``fetch.max_requests_per_host`` requests; every skipped candidate is a ``skipped_<reason>`` reject.
 
 Politeness and safety, all from ``FetchConfig``:
 - robots.txt (RFC 9309 via protego), fetched once per host per worker and cached; 4xx means
@@ -50,7 +57,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import apache_beam as beam
@@ -58,9 +65,10 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.config import FetchConfig
+from pipeline.config import FetchConfig, ImageConfig
 from pipeline.records import ImageRecord, Reject
-from schemas.document import Provenance
+from pipeline.urls import normalize_url
+from schemas.document import Document, ImageNode, Provenance
 
 STAGE = "fetch"
 
@@ -84,6 +92,15 @@ REJECT_REASONS = (
     "http_5xx",
     "content_encoding",  # an encoding we cannot undo
     "fetch_error",  # anything unexpected while fetching (the detail names the exception)
+)
+#: Candidates never requested (the counter is ``fetch.skipped_<reason>``, the reject reason
+#: ``skipped_<reason>``): every cap and filter that can be applied before a request is.
+SKIP_REASONS = (
+    "over_cap",  # past the document's first images.max_images_per_doc + candidate_margin candidates (DOM order)
+    "url_pattern",  # images.url_keywords would drop it after the download
+    "declared_size",  # width/height attribute x declared_pixel_ratio below images.min_side
+    "declared_aspect",  # width/height attributes more extreme than images.max_aspect_ratio
+    "host_budget",  # its host has had fetch.max_requests_per_host requests this run
 )
 _RETRYABLE = frozenset({"timeout", "connection_error", "http_5xx", "http_429", "bad_response"})
 _X_ROBOTS_FORBID = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
@@ -717,6 +734,7 @@ class _Host:
     active: int = 0
     next_slot: float = 0.0
     robots_pending: bool = False
+    requests: int = 0  # taken slots: robots.txt, attempts, retries, redirect hops to this host
 
 
 class FetchEngine:
@@ -798,6 +816,9 @@ class FetchEngine:
             host = self._hosts.get(key)
             if host is None:
                 host = self._hosts[key] = _Host(key)
+            if self._over_budget(host):
+                raise _Fail("host_budget", f"{key}: {self.cfg.max_requests_per_host} requests")
+            host.requests += 1
             now = time.monotonic()
             at = max(now, host.next_slot)
             host.next_slot = at + self._interval(key)
@@ -810,11 +831,24 @@ class FetchEngine:
         value = next((v.strip() for k, v in res.headers if k.lower() == "retry-after"), "")
         return min(float(value), self.cfg.max_crawl_delay_s) if value.isdigit() else 0.0
 
+    def _over_budget(self, host: _Host) -> bool:
+        budget = self.cfg.max_requests_per_host
+        return budget is not None and host.requests >= budget
+
     def _pick(self):
         """Under the lock: (host, url, attempt, robots_only) ready now, or the seconds to wait."""
         now = time.monotonic()
         wait = 1.0
         for host in self._hosts.values():
+            if host.queue and self._over_budget(host):
+                # Its budget is spent: what is queued is answered without a request.
+                while host.queue:
+                    url, attempt, _ = host.queue.popleft()
+                    self._done.append(FetchResult(url=url, final_url=url, reason="host_budget", attempts=attempt,
+                                                  detail=f"{host.key}: {self.cfg.max_requests_per_host} requests"))
+                    self._pending -= 1
+                self._cv.notify_all()
+                continue
             if not host.queue or host.active >= self.cfg.per_host_concurrency or host.robots_pending:
                 continue
             url, attempt, not_before = host.queue[0]
@@ -825,10 +859,12 @@ class FetchEngine:
             if not self.fetcher.robots_known(host.key):
                 host.robots_pending = True
                 host.active += 1
+                host.requests += 1
                 host.next_slot = now + self._interval(host.key)
                 return host, None, 0, True
             host.queue.popleft()
             host.active += 1
+            host.requests += 1
             host.next_slot = now + self._interval(host.key)
             self._hosts.move_to_end(host.key)  # round robin across hosts
             return host, url, attempt, False
@@ -944,6 +980,86 @@ class WarcArchive:
 
 
 # ---------------------------------------------------------------------------------------------
+# Caps and filters applied before any request
+
+
+def candidate_window(images: ImageConfig, cfg: FetchConfig) -> int | None:
+    """How many of a document's image candidates (DOM order) can be worth a request: as many as
+    could be kept plus a margin for ones that fail, never more than the per-document budget."""
+    caps = [c for c in (None if images.max_images_per_doc is None else images.max_images_per_doc + cfg.candidate_margin,
+                        cfg.max_candidates_per_doc) if c is not None]
+    return min(caps) if caps else None
+
+
+def skip_reason(node: ImageNode, images: ImageConfig, cfg: FetchConfig) -> str:
+    """Why the image filters would drop ``node`` whatever its bytes ("" when they may keep it):
+    its URL, or its declared size (CSS px, scaled by ``cfg.declared_pixel_ratio``) or shape."""
+    from pipeline.images import _url_keyword
+
+    w, h = node.declared_width, node.declared_height
+    if images.min_side is not None:
+        # 0 is an "auto" placeholder for one side, not a size
+        if any(v and v * cfg.declared_pixel_ratio < images.min_side for v in (w, h)):
+            return "declared_size"
+    if images.max_aspect_ratio is not None and w and h and max(w, h) / min(w, h) > images.max_aspect_ratio:
+        return "declared_aspect"
+    if _url_keyword(node.url, images.url_keywords) is not None:
+        return "url_pattern"
+    return ""
+
+
+def screen_candidates(doc: Document, images: ImageConfig, cfg: FetchConfig) -> Iterator[tuple[str, str]]:
+    """(normalised image URL, skip reason or "") once per distinct image URL of ``doc``, in DOM
+    order. Screened-out images do not use up the window; every image that may be kept does,
+    whether the crawl holds it or not (both fill the document's image cap in DOM order)."""
+    window = candidate_window(images, cfg)
+    seen: set[str] = set()
+    kept = 0
+    for node in doc.nodes:
+        if not isinstance(node, ImageNode):
+            continue
+        key = normalize_url(node.url)
+        if key in seen:
+            continue
+        seen.add(key)
+        reason = skip_reason(node, images, cfg)
+        if not reason:
+            kept += 1
+            if window is not None and kept > window:
+                reason = "over_cap"
+        yield key, reason
+
+
+class _ChooseCandidatesFn(beam.DoFn):
+    """(url, {"missing": [None] or [], "refs": [(reason, doc_id, page url, warc, offset), ...]}) →
+    the URL to fetch (main) when one citing document may keep it, else a Reject (``rejects``)."""
+
+    def __init__(self) -> None:
+        self._skipped = {r: Metrics.counter("m3w", f"{STAGE}.skipped_{r}") for r in SKIP_REASONS}
+
+    def process(self, element):
+        url, groups = element
+        if not list(groups["missing"]):
+            return  # the crawl has it: nothing to fetch
+        refs = list(groups["refs"])
+        if not refs or any(not r[0] for r in refs):
+            yield url
+            return
+        reason, _, page_url, warc, offset = min(refs, key=lambda r: r[1])  # the first citing page by id
+        self._skipped[reason].inc()
+        yield pvalue.TaggedOutput(
+            "rejects",
+            Reject(STAGE, f"skipped_{reason}", url, warc, offset, f"referenced by {len(refs)} document(s), first {page_url}"),
+        )
+
+
+def _screened_refs(doc: Document, images: ImageConfig, cfg: FetchConfig):
+    prov = doc.provenance
+    for key, reason in screen_candidates(doc, images, cfg):
+        yield key, (reason, doc.doc_id, doc.url, prov.warc_filename, prov.warc_record_offset)
+
+
+# ---------------------------------------------------------------------------------------------
 # Beam
 
 
@@ -958,6 +1074,7 @@ class _FetchFn(beam.DoFn):
         self._retries = Metrics.counter("m3w", f"{STAGE}.retries")
         self._robots = Metrics.counter("m3w", f"{STAGE}.robots_requests")
         self._dropped = {r: Metrics.counter("m3w", f"{STAGE}.dropped_{r}") for r in REJECT_REASONS}
+        self._skipped = {r: Metrics.counter("m3w", f"{STAGE}.skipped_{r}") for r in SKIP_REASONS}
 
     def setup(self):
         self._engine = FetchEngine(self._cfg)  # robots.txt cache lives as long as the worker
@@ -968,6 +1085,9 @@ class _FetchFn(beam.DoFn):
         self._robots_seen = self._engine.fetcher.robots_requests
 
     def _emit(self, res: FetchResult):
+        if res.reason in self._skipped:
+            self._skipped[res.reason].inc()
+            return pvalue.TaggedOutput("rejects", Reject.of(STAGE, f"skipped_{res.reason}", None, res.url, res.detail))
         if not res.ok:
             self._dropped[res.reason].inc()
             return pvalue.TaggedOutput("rejects", Reject.of(STAGE, res.reason, None, res.url, res.detail))
@@ -981,7 +1101,8 @@ class _FetchFn(beam.DoFn):
 
     def process(self, element):
         _, urls = element
-        for url in dict.fromkeys(urls):
+        # one request per distinct normalised URL (the build hands over distinct keys already)
+        for url in {normalize_url(u): u for u in reversed(list(urls))}.values():
             self._engine.submit(url)
             while self._engine.pending > 4 * self._cfg.concurrency:  # bound memory per bundle
                 for res in self._engine.results(block=False):
@@ -1005,23 +1126,53 @@ class _FetchFn(beam.DoFn):
         self._engine.close()
 
 
-class FetchImages(beam.PTransform):
-    """``PCollection[str]`` (absolute image URLs) → ``DoOutputsTuple``: ``images`` (ImageRecord), ``rejects``.
+class FetchOutputs(NamedTuple):
+    images: object  # PCollection[ImageRecord]
+    rejects: object  # PCollection[Reject]
 
-    Duplicate URLs are fetched once. URLs are grouped by host, so each host's politeness limits
-    hold across the whole run, not per worker. Each image's provenance points at its response
-    record in a WARC file under ``archive_dir``.
+
+class FetchImages(beam.PTransform):
+    """``PCollection[str]`` (absolute image URLs), or ``(missing, documents)``: the normalised URLs
+    the crawl lacks and the documents citing them → ``FetchOutputs``: ``images`` (ImageRecord),
+    ``rejects`` (Reject).
+
+    Given the documents, only candidates the image stage could keep are requested: per document
+    the first ``candidate_window`` images in DOM order that pass ``skip_reason``; the rest are
+    rejects ``skipped_<reason>`` with the citing page's provenance. Duplicate URLs are fetched
+    once. URLs are grouped by host, so each host's politeness limits and request budget hold
+    across the whole run, not per worker. Each image's provenance points at its response record
+    in a WARC file under ``archive_dir``.
     """
 
-    def __init__(self, cfg: FetchConfig = FetchConfig(), archive_dir: str = "fetched"):
+    def __init__(self, cfg: FetchConfig = FetchConfig(), archive_dir: str = ARCHIVE_DIR, images: ImageConfig = ImageConfig()):
         super().__init__()
         self._cfg = cfg
         self._archive_dir = archive_dir
+        self._images = images
 
-    def expand(self, urls):
-        return (
+    def expand(self, pcoll):
+        skipped = []
+        if isinstance(pcoll, tuple):
+            missing, docs = pcoll
+            chosen = (
+                {
+                    "missing": missing | "KeyMissingUrls" >> beam.Map(lambda u: (u, None)),
+                    "refs": docs | "ScreenCandidates" >> beam.FlatMap(_screened_refs, self._images, self._cfg),
+                }
+                | "GroupCandidatesByUrl" >> beam.CoGroupByKey()
+                | "ChooseCandidates" >> beam.ParDo(_ChooseCandidatesFn()).with_outputs("rejects", main="urls")
+            )
+            urls = chosen.urls
+            skipped.append(chosen.rejects)
+        else:
+            urls = pcoll
+        fetched = (
             urls
             | "KeyUrlsByHost" >> beam.Map(lambda u: (host_key(u), u))
             | "GroupUrlsByHost" >> beam.GroupByKey()
             | "FetchPolitely" >> beam.ParDo(_FetchFn(self._cfg, self._archive_dir)).with_outputs("rejects", main="images")
         )
+        rejects = fetched.rejects
+        if skipped:
+            rejects = [fetched.rejects] + skipped | "AllFetchRejects" >> beam.Flatten()
+        return FetchOutputs(fetched.images, rejects)

@@ -78,7 +78,7 @@ def build_report(counters: dict[str, int], **extra: Any) -> dict[str, Any]:
     dropped: dict[str, dict[str, int]] = {}
     for name, value in counters.items():
         stage, _, what = name.partition(".")
-        if what.startswith(("dropped_", "nodes_dropped_")) and value:
+        if what.startswith(("dropped_", "nodes_dropped_", "skipped_")) and value:
             dropped.setdefault(stage, {})[what] = value
     return {"funnel": funnel, "dropped": dropped, "counters": counters, **extra}
 

@@ -83,6 +83,8 @@ class Server:
                     return self._send(outer.robots_status, outer.robots if outer.robots_status == 200 else b"")
                 if path.startswith(("/img/", "/private/", "/nom3w/", "/rate/")):
                     return self._send(200, IMAGE, img)
+                if path.startswith("/photo/"):  # a distinct picture per number
+                    return self._send(200, _jpeg(int(path[7:].split(".")[0])), img)
                 if path == "/noai.jpg":
                     return self._send(200, IMAGE, img + [("X-Robots-Tag", "noindex, noai")])
                 if path == "/otherbot-noai.jpg":
@@ -745,3 +747,42 @@ def test_gzip_decoding_is_bounded_across_members_and_refuses_damage():
     with pytest.raises(_Fail) as e:
         decode_body(bomb, "gzip", 1_000_000)
     assert e.value.reason == "too_large"
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets and screening before any request
+
+
+def test_a_host_gets_at_most_its_request_budget(server):
+    got = fetch([f"{server.base}/img/{i}.jpg" for i in range(20)] + [server.base + "/redirect-ok.jpg"],
+                cfg(max_requests_per_host=5, per_host_concurrency=1))
+    assert sum(server.hits.values()) == 5  # robots.txt + 4 images, or a redirect and its hop
+    assert sum(r.ok for r in got) <= 4
+    assert {r.reason for r in got if not r.ok} == {"host_budget"}
+
+
+def test_screening_keeps_dom_order_and_counts_only_images_that_could_be_kept():
+    from pipeline.config import ImageConfig
+    from pipeline.fetch import candidate_window, screen_candidates
+    from schemas.document import Document, ImageNode, Provenance, TextNode
+
+    images = ImageConfig(min_side=64, max_aspect_ratio=3.0, url_keywords=["logo"], max_images_per_doc=3)
+    fc = FetchConfig(candidate_margin=1, declared_pixel_ratio=2.0, max_candidates_per_doc=100)
+    assert candidate_window(images, fc) == 4
+    assert candidate_window(ImageConfig(max_images_per_doc=None), fc) == 100
+    assert candidate_window(ImageConfig(max_images_per_doc=None), FetchConfig(max_candidates_per_doc=None)) is None
+    nodes = [TextNode("x"), ImageNode("http://a.example/1.jpg"), ImageNode("http://a.example/small.jpg", declared_width=31),
+             ImageNode("http://a.example/retina.jpg", declared_width=32, declared_height=32),  # 64 px at 2x: may be kept
+             ImageNode("http://a.example/auto.jpg", declared_width=0, declared_height=200),
+             ImageNode("http://a.example/banner.jpg", declared_width=400, declared_height=100),
+             ImageNode("http://a.example/logo.png"), ImageNode("http://A.example/1.jpg#again"),
+             ImageNode("http://a.example/4.jpg"), ImageNode("http://a.example/5.jpg")]
+    doc = Document(url="http://a.example/", provenance=Provenance("x.warc", 0, 1, ""), nodes=nodes)
+    assert list(screen_candidates(doc, images, fc)) == [
+        ("http://a.example/1.jpg", ""), ("http://a.example/small.jpg", "declared_size"),
+        ("http://a.example/retina.jpg", ""), ("http://a.example/auto.jpg", ""),
+        ("http://a.example/banner.jpg", "declared_aspect"), ("http://a.example/logo.png", "url_pattern"),
+        ("http://a.example/4.jpg", ""), ("http://a.example/5.jpg", "over_cap"),
+    ]
+    off = ImageConfig(min_side=None, max_aspect_ratio=None, url_keywords=None, max_images_per_doc=None)
+    assert all(not r for _, r in screen_candidates(doc, off, FetchConfig(max_candidates_per_doc=None)))

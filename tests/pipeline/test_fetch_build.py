@@ -1,6 +1,7 @@
 """build-m3w --fetch-images end to end: a crawl whose page references images it does not hold."""
 from __future__ import annotations
 
+import collections
 import glob
 import gzip
 import io
@@ -70,3 +71,74 @@ def test_build_fetches_missing_images_politely_and_archives_them(tmp_path):
         ("robots_disallowed", server.base + "/private/boats.jpg"),
         ("x_robots_tag", server.base + "/noai.jpg"),
     ]
+
+
+def _read_rejects(out: str) -> list[dict]:
+    rows = []
+    for path in glob.glob(os.path.join(out, "rejects", "*")):
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt") as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+def test_a_page_with_5000_images_costs_only_the_requests_it_can_keep(tmp_path):
+    """The request flood: 5,000 <img> on one page, all missing from the crawl. Only the first
+    max_images_per_doc + candidate_margin that the image filters could keep are requested (DOM
+    order), each distinct URL once; everything else is a counted reject with the page's provenance."""
+    server = Server()
+    base = server.base
+    tiny = "".join(f'<img src="{base}/img/tiny{i}.jpg" width="20" height="20">' for i in range(5))  # 40 px at 2x < 64
+    wide = "".join(f'<img src="{base}/img/wide{i}.jpg" width="900" height="100">' for i in range(3))  # 9:1 > 3
+    thumbs = '<img src="{0}/thumbs/a.jpg">'.format(base)  # images.url_keywords
+    flood = "".join(f'<img src="{base}/photo/{i}.jpg" width="300" height="200">' + (f'<img src="{base}/photo/0.jpg">' if i % 250 == 0 else "")
+                    for i in range(5000))
+    text = "<p>The harbour at dawn, photographed from the old lighthouse on the northern pier.</p>"
+    pages = {
+        "http://pages.example/flood.html": text + tiny + wide + thumbs + flood,
+        "http://pages.example/other.html": text + f'<img src="{base}/photo/0.jpg"><img src="{base}/photo/4999.jpg">',
+    }
+    crawl = str(tmp_path / "crawl.warc.gz")
+    offsets = {}
+    with open(crawl, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        for url, body in pages.items():
+            html = f"<!doctype html><html><head><title>t</title></head><body><article>{body}</article></body></html>".encode()
+            headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            offsets[url] = f.tell()
+            w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(html), http_headers=headers))
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "spine.yaml").read_text())
+    cfg["images"].update(min_side=64, max_aspect_ratio=3.0, url_keywords=["thumbs"], max_images_per_doc=30)
+    cfg["extract"] = {"main_content": False}
+    cfg["fetch"] = {"allowed_networks": ["127.0.0.1/32"], "timeout_s": 5.0, "per_host_rate": None, "retries": 0,
+                    "candidate_margin": 10}
+    cfg_path = tmp_path / "m3w.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = str(tmp_path / "out")
+    try:
+        rc = build_m3w(["build", "--input", crawl, "--output", out, "--config", str(cfg_path), "--fetch-images",
+                        "--runner=DirectRunner"])
+        assert rc == 0
+    finally:
+        server.close()
+
+    requested = {p: n for p, n in server.hits.items() if p != "/robots.txt"}
+    # flood.html's first 40 candidates that may be kept, plus other.html's 4999 (within its own window)
+    assert requested == {f"/photo/{i}.jpg": 1 for i in [*range(40), 4999]}
+    docs = {}
+    for sample in wds.WebDataset(sorted(glob.glob(os.path.join(out, "wds", "*.tar"))), shardshuffle=False):
+        doc = json.loads(sample["json"])
+        docs[doc["url"]] = [n["url"] for n in doc["nodes"] if n["type"] == "image"]
+    flood_images = docs["http://pages.example/flood.html"]
+    assert flood_images == [f"{base}/photo/{i}.jpg" for i in range(30)]  # the image cap, filled in DOM order
+    assert docs["http://pages.example/other.html"] == [f"{base}/photo/0.jpg", f"{base}/photo/4999.jpg"]
+
+    skipped = collections.Counter(r["reason"] for r in _read_rejects(out) if r["stage"] == "fetch")
+    assert skipped == {"skipped_over_cap": 5000 - 41, "skipped_declared_size": 5, "skipped_declared_aspect": 3,
+                       "skipped_url_pattern": 1}
+    flood_rejects = [r for r in _read_rejects(out) if r["reason"] == "skipped_over_cap"]
+    assert {(r["warc_filename"], r["warc_record_offset"]) for r in flood_rejects} == {(crawl, offsets["http://pages.example/flood.html"])}
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["counters"]["fetch.skipped_over_cap"] == 5000 - 41
+    assert report["dropped"]["fetch"]["skipped_over_cap"] == 5000 - 41  # listed with the drops in the funnel
