@@ -916,7 +916,8 @@ class FetchEngine:
 
 
 ARCHIVE_DIR = "fetched"  # under the build's output folder
-ARCHIVE_PATTERN = "fetched-*.warc.gz"  # the names WarcArchive writes (temporaries add ".tmp-<hex>")
+# The names WarcArchive writes, one per bundle; temporaries add ".tmp-<32 hex>" as atomic_write's do.
+ARCHIVE_NAME = re.compile(r"^fetched-\d{14}-[0-9a-f]{12}\.warc\.gz$")
 
 
 class WarcArchive:
@@ -935,7 +936,7 @@ class WarcArchive:
         os.makedirs(self.dir, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
         self.path = os.path.join(self.dir, f"fetched-{stamp}-{uuid.uuid4().hex[:12]}.warc.gz")
-        self._tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+        self._tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
         self._fh = open(self._tmp, "wb")
         self._writer = WARCWriter(self._fh, gzip=True)
 

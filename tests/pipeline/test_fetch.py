@@ -476,8 +476,10 @@ def test_fetch_images_archives_responses_as_warc(server, tmp_path):
     _ = out.images | "AllImages" >> beam.combiners.ToList() | "Save" >> beam.Map(save)
     result = p.run()
     result.wait_until_finish()
+    from pipeline.fetch import ARCHIVE_NAME
+
     files = sorted(os.listdir(archive))
-    assert files and all(f.endswith(".warc.gz") for f in files)  # no temporary names left
+    assert files and all(ARCHIVE_NAME.match(f) for f in files), files  # no temporary names left
     rows = [line.split("\t") for line in provenance.read_text().splitlines()]
     assert len(rows) == 3
     for url, source, filename, offset, length, record_id, data in rows:

@@ -117,7 +117,7 @@ def test_a_page_with_5000_images_costs_only_the_requests_it_can_keep(tmp_path):
     out = str(tmp_path / "out")
     try:
         rc = build_m3w(["build", "--input", crawl, "--output", out, "--config", str(cfg_path), "--fetch-images",
-                        "--runner=DirectRunner"])
+                        "--direct_running_mode=in_memory"])
         assert rc == 0
     finally:
         server.close()
