@@ -8,6 +8,12 @@ one, and their stored pixels are compared with the current ones (PSNR).
 
     .venv/bin/python -m benchmarks.images [--rounds 15] [--baseline /tmp/images_before.py ...]
     # before/after: git show <commit>:pipeline/images.py > /tmp/images_before.py
+    .venv/bin/python -m benchmarks.images --hostile [--baseline /tmp/images_before.py]
+
+``--hostile`` instead times each hostile image of tests/pipeline/hostile_images.py (issue 14 item 6
+and its class) in a fresh child process, with its peak RSS (the whole tree: it is one process),
+then a ``build-m3w build`` over a crawl of eight of them with the summed RSS of its process tree
+sampled every 20 ms. A baseline runs under a 4 GB address-space cap.
 
 The machine may be shared, so wall time says little: every call is timed in CPU time of this
 single-threaded process (``time.process_time_ns``), the variants run interleaved image by image,
@@ -94,11 +100,88 @@ def _load_module(path: str, name: str):
     return mod
 
 
+_HOSTILE_CHILD = """
+import importlib.util, json, resource, sys, time
+from tests.pipeline import hostile_images as H
+path, name = sys.argv[1], sys.argv[2]
+if path == "-":
+    import pipeline.images as mod
+else:
+    spec = importlib.util.spec_from_file_location("images_under_test", path)
+    mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)
+    cap = H._status_kb("VmSize") * 1024 + (4 << 30)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+from pipeline.config import ImageConfig
+make, allow = H.CASES[name]
+data = make()
+cfg = ImageConfig(min_bytes=None)
+if allow:
+    cfg.allowed_formats = cfg.allowed_formats + allow
+def call():
+    t = time.perf_counter()
+    try:
+        mod.process_image(data, "http://bench.example/hostile", cfg); r = "kept"
+    except mod.ImageRejected as e:
+        r = e.reason
+    except MemoryError:
+        r = "MemoryError"
+    return r, time.perf_counter() - t
+(reason, seconds), growth = H.peak_growth_mb(call)
+print(json.dumps({"reason": reason, "seconds": seconds, "growth_mb": growth, "peak_mb": H._status_kb("VmHWM") / 1024, "bytes": len(data)}))
+"""
+
+
+def hostile(baselines: list[str]) -> None:
+    """Time and peak memory of every hostile image, one fresh process each, then a build over a crawl of them."""
+    import json
+    import subprocess
+    import tempfile
+
+    from tests.conftest import REPO
+    from tests.pipeline import hostile_images as H
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    labels = ["current"] + [os.path.basename(b) for b in baselines]
+    print("| hostile input | bytes | " + " | ".join(f"{l}: outcome, ms, peak process RSS MB (growth in the call)" for l in labels) + " |")
+    print("| --- | ---: |" + " --- |" * len(labels))
+    for name in H.CASES:
+        cells, size = [], 0
+        for path in ["-"] + baselines:
+            res = subprocess.run([sys.executable, "-c", _HOSTILE_CHILD, path, name], cwd=REPO, capture_output=True, text=True, timeout=600)
+            try:
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+            except (IndexError, ValueError):
+                cells.append(f"failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+                continue
+            size = r["bytes"]
+            cells.append(f"{r['reason']}, {r['seconds'] * 1e3:.1f}, {r['peak_mb']:.0f} ({r['growth_mb']:+.0f})")
+        print(f"| {name} | {size:,} | " + " | ".join(cells) + " |")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {f"http://img.example/{i}.png": H.CASES[n][0]() for i, n in enumerate(
+            ["png 16-bit grey 9400²", "tiff float 9400²", "webp animated, 9400² canvas", "png 8-bit RGBA 6000²",
+             "png 16-bit grey+alpha 6000²", "png palette + tRNS 6000²", "png 16-bit RGBA Adam7 6000²", "gif 9400² screen"])}
+        crawl = os.path.join(tmp, "hostile.warc.gz")
+        H.write_crawl(crawl, images)
+        cfg = os.path.join(str(REPO), "tests", "data", "spine.yaml")
+        cmd = [sys.executable, "-m", "pipeline.cli", "build", "--input", crawl, "--output", os.path.join(tmp, "out"), "--config", cfg]
+        rc, log, peak, seconds = H.run_tree(cmd, cwd=REPO, kill_above=8e9, timeout_s=600)
+        counted = ""
+        if rc == 0:
+            with open(os.path.join(tmp, "out", "report.json")) as f:
+                counted = f", image.dropped_decode_too_large = {json.load(f)['counters'].get('image.dropped_decode_too_large', 0)}"
+        print(f"build-m3w build (default local runner, {os.cpu_count()} worker processes) over a {os.path.getsize(crawl):,}-byte crawl "
+              f"of 8 hostile images: exit {rc}, {seconds:.1f} s wall, whole-tree peak RSS {peak / 1e6:.0f} MB{counted}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15, help="timed calls per image and variant (median kept)")
     ap.add_argument("--baseline", action="append", default=[], help="another pipeline/images.py to time beside the current one (repeatable)")
+    ap.add_argument("--hostile", action="store_true", help="time and peak memory of the hostile images instead (issue 14)")
     args = ap.parse_args(argv)
+    if args.hostile:
+        return hostile(args.baseline)
     photos = load_photos()
     if not photos:
         raise SystemExit(f"no photos under {SHARED_DATA}/images; place shared/ beside the repo")

@@ -9,9 +9,14 @@ Per-record logic is the pure function ``process_image(data, url, cfg, limits)``:
   (logos, buttons, share icons) and duplicates inside one document.
 
 Decoding is hostile-input safe: sizes and the pixel count are checked from the header before any
-pixel is decoded (decompression bombs are rejected in well under a millisecond), only a fixed set
-of raster decoders is enabled (no EPS/ghostscript, no SVG), and any decoder failure becomes a
-counted reject instead of an exception.
+pixel is decoded (decompression bombs are rejected in well under a millisecond), and so are the
+bytes: ``decode_bytes`` estimates, from the header, the peak memory of every buffer the stage will
+hold at once for this image (the decoder's own, Pillow's image in its mode, each conversion and
+the resize), and an image over ``limits.max_image_decode_bytes`` is rejected before decoding.
+JPEGs are decoded DCT-scaled. Formats whose Pillow plugin allocates or decodes while opening (ICO
+decodes its image in ``Image.open``, WebP allocates its canvas there) are measured from their own
+headers first. Only a fixed set of raster decoders is enabled (no EPS/ghostscript, no SVG, no PSD),
+and any decoder failure becomes a counted reject instead of an exception.
 """
 from __future__ import annotations
 
@@ -67,6 +72,7 @@ REJECT_REASONS = (
     "truncated",  # data ends before the image does
     "format_not_allowed",  # decodable but not in cfg.allowed_formats
     "decompression_bomb",  # header declares more than limits.max_image_pixels
+    "decode_too_large",  # decoding and converting it would take more than limits.max_image_decode_bytes
     "too_small",  # shorter side below cfg.min_side
     "too_large",  # longer side above cfg.max_side
     "aspect_ratio",  # long/short side above cfg.max_aspect_ratio
@@ -240,6 +246,39 @@ def _palette_on_white(im: Image.Image) -> Image.Image | None:
     return out.convert("RGB")
 
 
+_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_STRIP_PIXELS = 1 << 18  # integer and float images are converted this many pixels at a time (~10 MiB of float64 work)
+
+
+def _strips(im: Image.Image):
+    """Horizontal strips of ``im`` as numpy arrays (a few MiB each, never a whole-image copy)."""
+    w, h = im.size
+    rows = max(1, _STRIP_PIXELS // w)
+    for y in range(0, h, rows):
+        yield y, np.asarray(im.crop((0, y, w, min(h, y + rows))))
+
+
+def _gray8(im: Image.Image) -> Image.Image:
+    """An I;16 / I / F image as 8-bit grey: 16-bit samples / 257, 32-bit integers likewise when
+    any exceeds 255, floats stretched from their minimum to their maximum."""
+    mode = im.mode
+    w, h = im.size
+    out = np.empty((h, w), dtype=np.uint8)
+    lo = hi = 0.0
+    if mode == "F":
+        lo = min(float(a.min()) for _, a in _strips(im))
+        hi = max(float(a.max()) for _, a in _strips(im))
+    divide = mode != "I" or max(int(a.max()) for _, a in _strips(im)) > 255
+    for y, a in _strips(im):
+        arr = a.astype(np.float64)
+        if mode == "F":
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        elif divide:
+            arr = arr / 257.0  # 16-bit samples to 8 bits
+        out[y : y + len(a)] = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L")
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB; transparency is composited on white (web pages are mostly white)."""
     mode = im.mode
@@ -253,15 +292,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
             return rgb
         im = im.convert("RGBA")
         mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        if mode == "F":
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        elif mode != "I" or arr.max() > 255:
-            arr = arr / 257.0  # 16-bit samples to 8 bits
-        gray = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
-        return gray.convert("RGB")
+    if mode in _INT_MODES:
+        return _gray8(im).convert("RGB")
     if mode == "RGBA":
         return _on_white(im)
     if mode in ("LA", "PA", "RGBa", "La"):
@@ -360,6 +392,215 @@ def _dct_scale(w: int, h: int, size: tuple[int, int]) -> int:
     return 1
 
 
+# ---------------------------------------------------------------------------------------------
+# Decode memory: what an image will cost, from its header, before any pixel is decoded
+
+_MiB = 1 << 20
+
+
+def _mode_bytes(mode: str) -> int:
+    """Bytes per pixel Pillow stores for ``mode``: one for 1/L/P, two for I;16 and BGR;15/16,
+    three for BGR;24, four for every other mode (RGB too: Pillow pads it to 32 bits)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16") or mode in ("BGR;15", "BGR;16"):
+        return 2
+    if mode == "BGR;24":
+        return 3
+    return 4
+
+
+def _to_rgb_bytes(mode: str, n: int, resized: bool, transparent: bool) -> int:
+    """Peak bytes ``_to_rgb`` (or, before a resize, the grey conversion) adds to an ``n``-pixel
+    image of ``mode``: the converted copy plus the copies made on the way."""
+    if mode == "RGB" or (resized and mode == "L"):
+        return 0
+    if mode in _INT_MODES:  # converted in strips to L (grey is resized as grey), then RGB
+        return n + (0 if resized else 4 * n) + 16 * _MiB
+    if mode in ("PA", "LA", "La", "RGBa") or (mode == "P" and transparent):
+        return 9 * n  # a palette copy or an RGBA copy, then RGB
+    return 4 * n  # RGBA, P, 1, L, CMYK, YCbCr, ... -> RGB
+
+
+def _resize_bytes(w: int, h: int, size: tuple[int, int], pixel: int) -> int:
+    """Peak bytes of ``resize(size, BICUBIC, reducing_gap=_REDUCING_GAP)`` from w x h: the box
+    reduce (when the factor is >= 2 gaps), the horizontal pass and the result."""
+    fx = int(w / size[0] / _REDUCING_GAP) or 1
+    fy = int(h / size[1] / _REDUCING_GAP) or 1
+    rw, rh = -(-w // fx), -(-h // fy)
+    reduced = rw * rh if fx > 1 or fy > 1 else 0
+    return pixel * (reduced + size[0] * rh + size[0] * size[1])
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int]:
+    """(SOF marker, components in the first scan) from the markers before the first scan; (0, 0)
+    when the structure is not the plain one."""
+    i, n, sof = 2, len(data), 0
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return sof, 0
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        if marker == 0xDA:
+            return sof, data[i + 4] if i + 4 < n else 0
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            sof = marker
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return sof, 0
+
+
+def _jpeg_coefficient_bytes(im: Image.Image, data: bytes, w: int, h: int) -> int:
+    """libjpeg's whole-image coefficient buffer (2 bytes x 64 per 8 x 8 block of every component,
+    at full size whatever the DCT scale) for progressive and multi-scan JPEGs; 0 for the usual
+    single-scan baseline, which libjpeg decodes a row of blocks at a time."""
+    layers = getattr(im, "layer", None) or [(0, 1, 1, 0)]
+    sof, first_scan = _jpeg_frame(data)
+    progressive = sof in (0xC2, 0xC6, 0xCA, 0xCE) or bool(im.info.get("progressive"))
+    if not progressive and first_scan >= len(layers):
+        return 0
+    hmax = max(max(1, l[1]) for l in layers)
+    vmax = max(max(1, l[2]) for l in layers)
+    blocks = 0
+    for _, hs, vs, _ in layers:
+        hs, vs = max(1, hs), max(1, vs)
+        bw = -(-(-(-w * hs // hmax)) // 8)
+        bh = -(-(-(-h * vs // vmax)) // 8)
+        blocks += (-(-bw // hs) * hs) * (-(-bh // vs) * vs)
+    return blocks * 128
+
+
+def _tiff_buffer_bytes(im: Image.Image, w: int, h: int) -> int:
+    """libtiff's strip or tile buffer (one strip may be the whole image, one tile larger than it),
+    and the RGBA raster Pillow decodes YCbCr/JPEG-compressed TIFFs through."""
+    tags = getattr(im, "tag_v2", {})
+    bits = tags.get(258, (8,))
+    bits = max(bits) if isinstance(bits, tuple) and bits else int(bits or 8)
+    samples = int(tags.get(277, 1) or 1)
+    if 322 in tags and 323 in tags:
+        bw, bh = int(tags[322]), int(tags[323])
+    else:
+        bw, bh = w, min(h, int(tags.get(278, h) or h))
+    raw = -(-(bw * samples * bits) // 8) * bh
+    rgba = 4 * bw * bh if tags.get(262) == 6 or tags.get(259) in (6, 7) else 0
+    return raw + rgba
+
+
+def decode_bytes(
+    im: Image.Image, fmt: str, data: bytes, size: tuple[int, int] | None, full: tuple[int, int]
+) -> int:
+    """Peak bytes ``process_image`` holds for an opened (not yet loaded) image: Pillow's decoded
+    image at ``im.size`` (after any JPEG draft), the decoder's own buffers for the ``full`` size
+    the header declares, the conversion to RGB and, when ``size`` is given, the resize to it."""
+    w, h = im.size
+    n = w * h
+    mode = im.mode
+    pixel = _mode_bytes(mode)
+    decoded = n * pixel
+    if fmt == "jpeg":
+        decoded += _jpeg_coefficient_bytes(im, data, *full)
+    elif fmt == "png":
+        decoded += 64 * w  # unfilter rows
+    elif fmt == "gif":
+        decoded += n  # the frame buffer beside the image
+    elif fmt == "bmp":
+        if im.info.get("compression") in (1, 2):  # RLE: Pillow's Python decoder grows a byte per pixel, then copies it
+            decoded += 3 * n
+    elif fmt == "tiff":
+        decoded += _tiff_buffer_bytes(im, w, h)
+    elif fmt == "webp":
+        decoded += _WEBP_DECODER_BYTES * n
+    resized = size is not None
+    convert = _to_rgb_bytes(mode, n, resized, "transparency" in im.info)
+    if resized:
+        src_pixel = 1 if mode == "L" or mode in _INT_MODES else 4
+        after = 4 * size[0] * size[1] * 3  # RGB of the result, its transpose, the encode
+        work = convert + _resize_bytes(w, h, size, src_pixel) + after
+    else:
+        work = convert + 4 * n * 2  # RGB stored: its transpose and the encoded output
+    return decoded + work
+
+# libwebp's animation decoder (Pillow's only WebP path) keeps a canvas and a copy of the previous
+# frame at 4 bytes per pixel each, and Pillow copies the frame out of it (4 more) before decoding
+# it into the image; one more for the decoder's own rows (measured: 15.4 bytes/px with the image).
+_WEBP_DECODER_BYTES = 13
+
+
+def _webp_canvas(data: bytes) -> tuple[int, int] | None:
+    """Canvas size a WebP declares (VP8X extended, VP8L lossless or VP8 lossy header)."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8X":
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
+
+
+def _ico_entries(data: bytes) -> list[tuple[int, int]]:
+    """Sizes of the images an ICO holds, from their own PNG or BMP headers (the directory's
+    sizes stop at 256 and Pillow trusts the embedded image instead)."""
+    out = []
+    for k in range(int.from_bytes(data[4:6], "little")):
+        e = data[6 + 16 * k : 22 + 16 * k]
+        if len(e) < 16:
+            break
+        off = int.from_bytes(e[12:16], "little")
+        emb = data[off : off + 26]
+        if emb.startswith(b"\x89PNG\r\n\x1a\n") and len(emb) >= 24:
+            out.append((int.from_bytes(emb[16:20], "big"), int.from_bytes(emb[20:24], "big")))
+        elif len(emb) >= 12:
+            w = abs(int.from_bytes(emb[4:8], "little", signed=True))
+            h = abs(int.from_bytes(emb[8:12], "little", signed=True)) // 2  # image + AND mask
+            out.append((w, h))
+        out.append((e[0] or 256, e[1] or 256))
+    return out
+
+
+# Bytes per pixel the pre-open checks assume: WebP's decoder plus an RGBA image; an ICO's image in
+# any mode with its conversion (icons are at most 256 x 256 px: 1 MiB at this rate).
+_WEBP_OPEN_BYTES = _WEBP_DECODER_BYTES + 4
+_ICO_OPEN_BYTES = 16
+
+
+def _check_before_open(data: bytes, cfg: ImageConfig, limits: LimitsConfig) -> None:
+    """Formats whose Pillow plugin works in ``Image.open``: ICO decodes its image there (before
+    any size check could run), WebP allocates its canvas. Their sizes come from their own headers."""
+    if data[:4] == b"\x00\x00\x01\x00":
+        fmt, sizes, per_px = "ico", _ico_entries(data), _ICO_OPEN_BYTES
+    else:
+        canvas = _webp_canvas(data)
+        if canvas is None:
+            return
+        fmt, sizes, per_px = "webp", [canvas], _WEBP_OPEN_BYTES
+    if cfg.allowed_formats is not None and fmt not in cfg.allowed_formats:
+        raise ImageRejected("format_not_allowed", fmt)
+    for w, h in sizes:
+        if limits.max_image_pixels is not None and w * h > limits.max_image_pixels:
+            raise ImageRejected("decompression_bomb", f"{fmt} {w}x{h} = {w * h} px > {limits.max_image_pixels}")
+        budget = limits.max_image_decode_bytes
+        if budget is not None and w * h * per_px > budget:
+            raise ImageRejected("decode_too_large", f"{fmt} {w}x{h}: >= {w * h * per_px / _MiB:.0f} MiB > {budget / _MiB:.0f} MiB")
+
+
+def _transpose_of(im: Image.Image):
+    """The transpose that makes ``im`` upright, from its EXIF orientation; None when upright."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block must not sink an otherwise good image
+        return None
+    # Orientations other than 2..8 (absent, 1, or invalid values such as 0) mean upright.
+    return _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+
+
 def _classify_decode_error(e: Exception) -> ImageRejected:
     msg = f"{type(e).__name__}: {e}"
     if "truncated" in str(e).lower() or isinstance(e, EOFError):
@@ -392,6 +633,7 @@ def process_image(
         raise ImageRejected("url_keyword", kw)
     if _looks_like_svg(data):
         raise ImageRejected("svg")
+    _check_before_open(data, cfg, limits)
 
     # --- header only: nothing is decoded yet
     try:
@@ -422,12 +664,8 @@ def process_image(
 
     target = cfg.resize_longest_side
     scale = target / long_ if target is not None and long_ > target else 1.0
-    try:
-        orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "webp", "tiff", "png") else 1
-    except Exception:  # a broken EXIF block must not sink an otherwise good image
-        orientation = 1
-    # Orientations other than 2..8 (absent, 1, or invalid values such as 0) mean upright.
-    transpose = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    # A PNG's EXIF may follow its pixels: Pillow decodes the image to look, so after the budget check.
+    transpose = _transpose_of(im) if fmt in ("jpeg", "webp", "tiff") else None
     out_fmt = cfg.encode_format
     if out_fmt == "keep":
         out_fmt = fmt if fmt in ("jpeg", "webp") else "png"
@@ -438,22 +676,34 @@ def process_image(
         and transpose is None and im.mode == "RGB"
     )
     try:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
         if passthrough:
             # Only statistics are needed: decode at a DCT-scaled size (whole stream still
             # read, so truncation is still caught).
             im.draft(None, (_DRAFT_SIDE, _DRAFT_SIDE))
+        elif im.format in ("JPEG", "MPO") and scale < 1.0:
+            s = _dct_scale(w, h, size)
+            if s > 1:
+                # Pillow picks min(w // req_w, h // req_h) rounded down to 8, 4, 2, 1: asking
+                # for (w // s, h // s) gets exactly s (asking for the target size itself gets
+                # 1 whenever an odd side rounds up, e.g. 1280 x 853 -> 640 x 427).
+                im.draft(None, (w // s, h // s))
+        budget = limits.max_image_decode_bytes
+        if budget is not None:
+            resize_to = size if not passthrough and scale < 1.0 and max(im.size) > target else None
+            need = decode_bytes(im, fmt, data, resize_to, (w, h))
+            if need > budget:
+                raise ImageRejected(
+                    "decode_too_large",
+                    f"{w}x{h} {im.mode} {fmt}: ~{need / _MiB:.0f} MiB to decode > {budget / _MiB:.0f} MiB",
+                )
+        if fmt == "png":
+            transpose = _transpose_of(im)
+        if passthrough:
             im.load()
             small = _to_rgb(im)
             stored = None
         else:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            if im.format in ("JPEG", "MPO") and scale < 1.0:
-                s = _dct_scale(w, h, size)
-                if s > 1:
-                    # Pillow picks min(w // req_w, h // req_h) rounded down to 8, 4, 2, 1: asking
-                    # for (w // s, h // s) gets exactly s (asking for the target size itself gets
-                    # 1 whenever an odd side rounds up, e.g. 1280 x 853 -> 640 x 427).
-                    im.draft(None, (w // s, h // s))
             im.load()  # an animated image opens on, and loads, its first frame
             # An RGB colour profile stays with the pixels (wide-gamut photos would shift colour
             # without it); CMYK and grey profiles do not describe the converted RGB pixels.
@@ -465,7 +715,7 @@ def process_image(
                 # GIF, WebP; JPEGs arrive DCT-scaled below 2x) a box reduce by 2 goes first: half
                 # the time for 3-4 dB less PSNR against Lanczos (33-52 dB on the shared photos,
                 # what Pillow's own gap of 2.0 gives from 4x), about what the q90 encode loses.
-                src = im if im.mode in ("L", "RGB") else _to_rgb(im)
+                src = im if im.mode in ("L", "RGB") else _gray8(im) if im.mode in _INT_MODES else _to_rgb(im)
                 rgb = _to_rgb(src.resize(size, Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP))
             else:
                 rgb = _to_rgb(im)
