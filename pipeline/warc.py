@@ -24,6 +24,14 @@ the records in it and not the rest of the file. Per-record gzip offsets are thos
 member; for a whole-file gzip WARC they are offsets into the decompressed stream. A record on
 warcio's path whose Content-Length does not end at a record boundary is counted as
 ``length_mismatch`` (warcio's own multi-line stderr warning is silenced).
+
+A Content-Length is a claim the reader checks, never a licence to skip: in an uncompressed file
+(and a whole-file gzip one, read through a seekable view of its decompressed bytes) every record
+must end where the next header line starts or at the end of the file. One that does not, whether
+read or skipped as over ``max_record_bytes``, is a counted reject (``bad_content_length``,
+``bad_warc_header``, ``record_too_large``) and reading goes on from the next header line after its
+start, so the records a lying length would swallow are still read. Per-record gzip needs no such
+check to find the next record: each member starts one.
 """
 from __future__ import annotations
 
@@ -403,6 +411,8 @@ class _Raw:
     block: bytes | None = None  # None: not read (no content wanted, or over the record limit)
     short_read: bool = False  # fewer bytes than Content-Length: the file is cut inside this record
     too_large: bool = False
+    bad_frame: str = ""  # reason when the record does not end at a record boundary (checked where the file allows)
+    declared: int = -1  # Content-Length as the header gives it (``content_length`` may be reset once read)
     reason: str = ""  # set on a placeholder for damage in the file
     detail: str = ""
 
@@ -487,6 +497,132 @@ class _GunzipReader(_ForwardStream):
         out, self._buf = self._buf[:want], self._buf[want:]
         self.count += len(out)
         return out
+
+
+class _SeekableGunzip(io.RawIOBase):
+    """The decompressed bytes of a seekable multi-member gzip file, seekable: a whole-file gzip WARC
+    then reads like an uncompressed one (offsets are uncompressed, damage resyncs at the next
+    header line). Decompressor snapshots every ``STEP`` bytes of output make a backward seek cost
+    at most ``STEP`` of re-inflation; the last ``KEEP`` bytes before the read position are kept
+    for the short backward seeks of a probe. Corrupt or cut deflate data ends the stream there
+    (``damage`` names it)."""
+
+    STEP = 8 << 20
+    KEEP = 1 << 20
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._marks: list[tuple[int, int, object]] = [(0, 0, None)]  # (out offset, in offset, decompressor)
+        self._pos = 0
+        self.damage = ""
+        self._restore(self._marks[0])
+
+    def _restore(self, mark) -> None:
+        out, inp, d = mark
+        self._d = d.copy() if d is not None else zlib.decompressobj(31)
+        self._in_member = d is not None
+        self._in, self._out, self._tail = inp, out, b""
+        self._win, self._win_start = b"", out
+        self._eof = False
+        self._raw.seek(inp)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self._pos
+        elif whence == 2:
+            while self._more(self._out):
+                pass
+            offset += self._out
+        self._pos = max(0, offset)
+        return self._pos
+
+    def _more(self, keep_from: int) -> bool:
+        """Inflate the next piece of output into the window; False at the end of the data."""
+        if self._eof:
+            return False
+        while True:
+            data = self._tail or self._raw.read(64 << 10)
+            if not data:
+                if self._in_member:
+                    self.damage = self.damage or "gzip stream ends inside a member"
+                self._eof = True
+                return False
+            if not self._tail:
+                self._in += len(data)
+            try:
+                chunk = self._d.decompress(data, 256 << 10)
+            except zlib.error as e:
+                self.damage = f"gzip: {e}"
+                self._eof = True
+                return False
+            self._in_member = True
+            self._tail = self._d.unconsumed_tail
+            if self._d.eof:
+                self._d, self._tail = zlib.decompressobj(31), self._d.unused_data + self._tail
+                self._in_member = False
+            if chunk:
+                break
+        before = self._out
+        self._out += len(chunk)
+        self._win += chunk
+        drop = keep_from - self.KEEP - self._win_start
+        if drop > len(self._win) // 2:  # trim in large steps: each trim copies the window
+            drop = min(drop, len(self._win))
+            self._win, self._win_start = self._win[drop:], self._win_start + drop
+        if self._out // self.STEP > before // self.STEP:
+            self._marks.append((self._out, self._in - len(self._tail), self._d.copy()))
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._pos
+        if pos < self._win_start or pos > self._out + self.STEP:
+            best = max((m for m in self._marks if m[0] <= pos), key=lambda m: m[0])
+            if pos < self._win_start or best[0] > self._out:
+                self._restore(best)
+        want = pos + (n if n is not None and n >= 0 else 1 << 62)
+        while self._out < want and self._more(pos):
+            pass
+        if pos >= self._out:
+            return b""
+        out = self._win[pos - self._win_start : want - self._win_start]
+        self._pos += len(out)
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _is_whole_file_gzip(stream) -> bool:
+    """Whether a gzip WARC holds more than one record in its first member (one gzip stream for the
+    whole file, or for several records), rather than one member per record."""
+    stream.seek(0)
+    d = zlib.decompressobj(31)
+    out = b""
+    cap = 1 << 20
+    try:
+        while not d.eof and len(out) < cap:
+            chunk = d.unconsumed_tail or stream.read(64 << 10)
+            if not chunk:
+                break
+            out += d.decompress(chunk, cap - len(out))
+    except zlib.error:
+        return False
+    finally:
+        stream.seek(0)
+    end = out.find(b"\r\n\r\n")
+    at = out.find(b"\nWARC/", end) if end >= 0 else -1
+    return at >= 0 and _looks_like_record(out[at + 1 : at + 8192], "warc")
 
 
 def _read_full(read: Callable[[int], bytes], n: int) -> bytes:
@@ -605,6 +741,10 @@ class _FileReader:
             reader = _CountingReader(stream, prefix)
         gz = prefix[:2] == b"\x1f\x8b"
         arc = first_line.startswith(b"filedesc://")
+        if gz and seekable and not arc and _is_whole_file_gzip(stream):
+            # One gzip stream over many records: read its decompressed bytes as an uncompressed WARC.
+            stream = _SeekableGunzip(stream)
+            gz = False
         if use_fastwarc and seekable:
             runs = self._resyncing(
                 stream, gz, "warc", lambda base: self._fastwarc(_CountingReader(stream, base=base), stream, base=base)
@@ -617,6 +757,8 @@ class _FileReader:
         else:
             runs = self._warcio(reader, base=0, arc=arc)
         yield from self._convert_all(runs)
+        if isinstance(stream, _SeekableGunzip) and stream.damage:
+            yield self._reject("bad_gzip", Provenance(self.name, stream.tell(), -1, ""), detail=stream.damage)
 
     def _convert_all(self, raws: Iterator[_Raw]) -> Iterator[Item]:
         convert = self.convert
@@ -630,9 +772,11 @@ class _FileReader:
         start found (``kind``: "warc", "warc_lf" or "arc"), until the end of the file."""
         base = 0
         held: _Raw | None = None  # damage report, kept until we know whether the next run pins it down
+        framed = not gz and kind in ("warc", "warc_lf")
         while True:
             damage: _Raw | None = None
             last: _Raw | None = None
+            resync_from = -1
             stream.seek(base)
             for raw in run(base):
                 if raw.reason:
@@ -641,8 +785,25 @@ class _FileReader:
                 if held is not None:
                     yield held
                     held = None
+                frame, gap = _frame_damage(stream, raw) if framed and raw.declared >= 0 else ("", -1)
+                if frame or gap >= 0:
+                    # The backend goes on at offset + Content-Length, which is not where a record
+                    # starts: whatever lies between would be lost. Read on from the next header line.
+                    raw.bad_frame = "" if raw.too_large or raw.short_read else frame
+                    yield raw
+                    if gap >= 0:  # the record is whole; what follows it is not a record
+                        yield _Raw("damage", gap, -1, -1, reason="bad_warc_header", detail="no WARC record starts after the previous one")
+                    resync_from = gap if gap >= 0 else raw.offset + 1
+                    break
                 yield raw
                 last = raw
+            if resync_from >= 0:
+                nxt = _next_record_start(stream, resync_from, gz, kind)
+                if nxt is None:
+                    break
+                self.stats["resynced_after_damage"] += 1
+                base = nxt
+                continue
             if damage is None and last is not None and last.short_read:
                 # A corrupt gzip member can end both readers quietly inside a record; that record
                 # is rejected as truncated, and reading goes on after it.
@@ -714,6 +875,7 @@ class _FileReader:
             if pending is not None:
                 if first is not None and first.offset == resume and not first.reason:
                     pending.length = first.length
+                    pending.bad_frame = first.bad_frame
                     first = None
                 else:
                     pending.length = max(reader.count - pending.offset, -1)
@@ -735,7 +897,7 @@ class _FileReader:
 
     def _raw_from_fastwarc(self, rec, pos: int) -> _Raw:
         rtype = _FASTWARC_TYPES.get(int(rec.record_type), "unknown")
-        raw = _Raw(rtype, pos, -1, rec.content_length)
+        raw = _Raw(rtype, pos, -1, rec.content_length, declared=rec.content_length)
         if rtype in _CONTENT_RECORDS:  # other records are only counted: skip their headers
             # One pass over the headers is cheaper than a HeaderMap.get per name.
             h = {k.lower(): v for k, v in rec.headers.items()}
@@ -765,11 +927,13 @@ class _FileReader:
                     yield _Raw("damage", next_offset, -1, -1, reason="bad_warc_header", detail="record without Content-Length")
                     return
                 rtype = rec.rec_type or "unknown"
+                declared = int(rec.length) if rec.length is not None else -1
                 raw = _Raw(
                     rtype,
                     -1,
                     -1,
-                    int(rec.length) if rec.length is not None else -1,
+                    declared,
+                    declared=declared,
                     uri=h.get_header("WARC-Target-URI") or "",
                     date=h.get_header("WARC-Date") or "",
                     # ARC records have no id; warcio invents a random one, which would break determinism.
@@ -782,6 +946,10 @@ class _FileReader:
                     raw.refers_to_uri = h.get_header("WARC-Refers-To-Target-URI") or ""
                     self._fill(raw, rec.raw_stream.read)
                 it.read_to_end(rec)  # offset and length are known only once the record is consumed
+                if it.err_count:  # this record's Content-Length does not end at a record boundary
+                    self.stats["length_mismatch"] += it.err_count
+                    it.err_count = 0
+                    raw.bad_frame = "bad_content_length" if rtype in ("response", "resource") else ""
                 raw.offset = base + it.get_record_offset()
                 raw.length = it.get_record_length()
                 next_offset = raw.offset + raw.length
@@ -799,6 +967,11 @@ class _FileReader:
         if raw.rtype == "damage":
             return self._reject(raw.reason, Provenance(self.name, raw.offset, -1, ""), detail=raw.detail)
         self.stats["records"] += 1
+        if raw.bad_frame:
+            # The reader resynchronised after this record: it is counted whatever its type.
+            prov = Provenance(self.name, raw.offset, raw.length, _iso_date(raw.date), raw.record_id.strip())
+            detail = f"Content-Length {raw.declared} does not end at a record boundary"
+            return self._reject(raw.bad_frame, prov, _clean_uri(raw.uri), detail)
         if raw.rtype not in _CONTENT_RECORDS:
             self.stats[f"skipped_{raw.rtype if raw.rtype in _KNOWN_TYPES else 'unknown'}"] += 1
             return None
@@ -972,6 +1145,49 @@ def _next_record_start(stream, start: int, gz: bool, kind: str = "warc") -> int 
         pos = cand + 1
 
 
+def _frame_damage(stream, raw: _Raw) -> tuple[str, int]:
+    """Checks that the uncompressed record at ``raw.offset`` ends, by its Content-Length, where the
+    next record starts (a WARC header line after the CRLFs that close a record) or at the end of
+    the file. Returns ("", -1) when it does; ("", end) when the record is whole (its block is
+    followed by the closing CRLFs) but no record starts at ``end``; else (reason, -1):
+    ``bad_warc_header`` when the header block itself is odd (junk lines, a repeated WARC-Type or
+    Content-Length), ``bad_content_length`` otherwise. Restores the stream position: the backend
+    reading the file goes on undisturbed."""
+    pos = stream.tell()
+    try:
+        stream.seek(raw.offset)
+        head = stream.read(_HEAD_BYTES)
+        crlf, lf = head.find(b"\r\n\r\n"), head.find(b"\n\n")
+        if crlf < 0 and lf < 0:
+            return "", -1  # no header end in sight: the backend names the damage
+        cut, sep = (crlf, 4) if lf < 0 or 0 <= crlf < lf else (lf, 2)
+        end = raw.offset + cut + sep + raw.declared
+        stream.seek(end)
+        tail = stream.read(_BOUNDARY_PROBE)
+        rest = tail.lstrip(b"\r\n")
+        closed = len(tail) - len(rest)
+        if closed <= 8:
+            if rest.startswith(_WARC_START) and b"\n" in rest[:16]:
+                return "", -1
+            if not rest and tail:
+                return "", -1  # only the closing CRLFs, then the end of the file
+            if not tail:
+                stream.seek(end - 1)
+                if len(stream.read(1)) == 1:
+                    return "", -1  # the record ends exactly at the end of the file
+        if tail.startswith(b"\r\n\r\n" if sep == 4 else b"\n\n"):
+            return "", end + (4 if sep == 4 else 2)
+        lines = head[:cut].replace(b"\r\n", b"\n").split(b"\n")[1:]
+        names = [line.split(b":", 1)[0].strip().lower() for line in lines]
+        odd = not all(_WARC_FIELD.fullmatch(line.rstrip(b"\r")) for line in lines)
+        if odd or names.count(b"content-length") != 1 or names.count(b"warc-type") != 1:
+            return "bad_warc_header", -1
+        return "bad_content_length", -1
+    finally:
+        stream.seek(pos)
+
+
+_BOUNDARY_PROBE = 64
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
 _WARC_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*")
 

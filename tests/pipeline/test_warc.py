@@ -48,10 +48,17 @@ def reasons(rejects):
 
 
 def test_a_wrong_content_length_is_counted_not_printed(capfd):
-    """warcio prints a multi-line warning per record whose length misses the boundary; the
-    reader counts it instead, so a long run's output stays readable."""
-    pages, _, _, stats = read_all(shared_path("warc", "ipwb_samples", "broken.warc"))
-    assert stats["length_mismatch"] == 2
+    """A record whose Content-Length misses the record boundary is one counted reject, the reader
+    goes on at the next header line (no junk read as records), and warcio's multi-line warning is
+    not printed, so a long run's output stays readable."""
+    pages, _, rejects, stats = read_all(shared_path("warc", "ipwb_samples", "broken.warc"))
+    assert [p.url for p in pages] == ["http://matkelly.com/frogsLeft"]
+    assert [(r.reason, r.url) for r in rejects] == [("bad_content_length", "http://matkelly.com/froggies/frog.png")]
+    assert "Remainder" not in capfd.readouterr().err
+    # warcio's path (LF-only header lines) counts the same damage
+    data = shared_path("warc", "ipwb_samples", "broken.warc").read_bytes().replace(b"\r\n", b"\n")
+    _, _, lf_rejects, lf_stats = read_all("lf.warc", fileobj=io.BytesIO(data), filename="lf.warc")
+    assert "bad_content_length" in reasons(lf_rejects)
     assert "Remainder" not in capfd.readouterr().err
 
 
@@ -182,7 +189,9 @@ def test_clipped_record_is_rejected_not_raised():
 def test_truncated_file_keeps_records_before_the_damage():
     pages, _, rejects, stats = read_all(shared_path("warc", "warcio_test_data", "example-trunc.warc"))
     assert stats["skipped_warcinfo"] == 2
-    assert reasons(rejects) == {"bad_content_encoding": 1}  # the page's gzip body is cut
+    # the page's record is cut: its Content-Length runs into the next record, which is still read
+    assert reasons(rejects) == {"bad_content_length": 1}
+    assert stats["skipped_request"] == 1 and stats["resynced_after_damage"] == 1
 
 
 def test_wrongly_chunked_gzip_members_still_give_the_page():
@@ -331,7 +340,7 @@ def test_read_warc_files_transform():
         )
         assert_that(
             out.rejects | "Reason" >> beam.Map(lambda r: (os.path.basename(r.warc_filename), r.reason)) | beam.combiners.Count.PerElement(),
-            equal_to([(("books.toscrape.warc", "not_html_or_image"), 9), (("example-trunc.warc", "bad_content_encoding"), 1)]),
+            equal_to([(("books.toscrape.warc", "not_html_or_image"), 9), (("example-trunc.warc", "bad_content_length"), 1)]),
             label="Rejects",
         )
 
