@@ -412,6 +412,7 @@ class _Raw:
     short_read: bool = False  # fewer bytes than Content-Length: the file is cut inside this record
     too_large: bool = False
     bad_frame: str = ""  # reason when the record does not end at a record boundary (checked where the file allows)
+    resync: int = -1  # where to look for the next record instead of offset + Content-Length
     declared: int = -1  # Content-Length as the header gives it (``content_length`` may be reset once read)
     reason: str = ""  # set on a placeholder for damage in the file
     detail: str = ""
@@ -507,13 +508,14 @@ class _SeekableGunzip(io.RawIOBase):
     for the short backward seeks of a probe. Corrupt or cut deflate data ends the stream there
     (``damage`` names it)."""
 
-    STEP = 8 << 20
+    STEP = 2 << 20  # a snapshot is ~45 KB: ~22 MB of them per GB of decompressed data
     KEEP = 1 << 20
 
     def __init__(self, raw):
         self._raw = raw
         self._marks: list[tuple[int, int, object]] = [(0, 0, None)]  # (out offset, in offset, decompressor)
         self._pos = 0
+        self._size: int | None = None  # known once the end has been reached
         self.damage = ""
         self._restore(self._marks[0])
 
@@ -539,9 +541,10 @@ class _SeekableGunzip(io.RawIOBase):
         if whence == 1:
             offset += self._pos
         elif whence == 2:
-            while self._more(self._out):
-                pass
-            offset += self._out
+            if self._size is None:
+                self._pos = 1 << 62
+                self.read(1)
+            offset += self._size or 0
         self._pos = max(0, offset)
         return self._pos
 
@@ -555,6 +558,7 @@ class _SeekableGunzip(io.RawIOBase):
                 if self._in_member:
                     self.damage = self.damage or "gzip stream ends inside a member"
                 self._eof = True
+                self._size = self._out
                 return False
             if not self._tail:
                 self._in += len(data)
@@ -563,6 +567,7 @@ class _SeekableGunzip(io.RawIOBase):
             except zlib.error as e:
                 self.damage = f"gzip: {e}"
                 self._eof = True
+                self._size = self._out
                 return False
             self._in_member = True
             self._tail = self._d.unconsumed_tail
@@ -584,6 +589,8 @@ class _SeekableGunzip(io.RawIOBase):
 
     def read(self, n: int = -1) -> bytes:
         pos = self._pos
+        if self._size is not None and pos >= self._size:
+            return b""
         if pos < self._win_start or pos > self._out + self.STEP:
             best = max((m for m in self._marks if m[0] <= pos), key=lambda m: m[0])
             if pos < self._win_start or best[0] > self._out:
@@ -772,7 +779,8 @@ class _FileReader:
         start found (``kind``: "warc", "warc_lf" or "arc"), until the end of the file."""
         base = 0
         held: _Raw | None = None  # damage report, kept until we know whether the next run pins it down
-        framed = not gz and kind in ("warc", "warc_lf")
+        # Uncompressed records are checked against the next boundary as they are parsed (``_framed``).
+        self._frame_stream = stream if not gz and kind in ("warc", "warc_lf") else None
         while True:
             damage: _Raw | None = None
             last: _Raw | None = None
@@ -785,17 +793,10 @@ class _FileReader:
                 if held is not None:
                     yield held
                     held = None
-                frame, gap = _frame_damage(stream, raw) if framed and raw.declared >= 0 else ("", -1)
-                if frame or gap >= 0:
-                    # The backend goes on at offset + Content-Length, which is not where a record
-                    # starts: whatever lies between would be lost. Read on from the next header line.
-                    raw.bad_frame = "" if raw.too_large or raw.short_read else frame
-                    yield raw
-                    if gap >= 0:  # the record is whole; what follows it is not a record
-                        yield _Raw("damage", gap, -1, -1, reason="bad_warc_header", detail="no WARC record starts after the previous one")
-                    resync_from = gap if gap >= 0 else raw.offset + 1
-                    break
                 yield raw
+                if raw.resync >= 0:  # the backend stopped at a record whose length is not a boundary
+                    resync_from = raw.resync
+                    break
                 last = raw
             if resync_from >= 0:
                 nxt = _next_record_start(stream, resync_from, gz, kind)
@@ -826,6 +827,20 @@ class _FileReader:
         if held is not None:
             yield held
 
+    _frame_stream = None  # the seekable uncompressed stream being read, while records are checked
+
+    def _framed(self, raw: _Raw) -> bool:
+        """Whether ``raw`` fails the boundary check (then ``raw.resync`` says where to read on)."""
+        if raw.declared < 0:
+            return False
+        frame, gap = _frame_damage(self._frame_stream, raw)
+        if not frame and gap < 0:
+            return False
+        raw.bad_frame = "" if raw.too_large or raw.short_read else frame
+        raw.resync = gap if gap >= 0 else raw.offset + 1
+        raw.length = gap - raw.offset if gap >= 0 else -1
+        return True
+
     def _fastwarc(
         self, reader: _CountingReader, seekable_stream, *, gunzip: bool = False, skip: int = 0, base: int = 0
     ) -> Iterator[_Raw]:
@@ -852,6 +867,12 @@ class _FileReader:
                         yield pending
                     emitted += 1
                 pending = self._raw_from_fastwarc(rec, pos)
+                if self._frame_stream is not None and self._framed(pending):
+                    if emitted >= skip:
+                        yield pending
+                    if pending.resync > pending.offset + 1:
+                        yield _Raw("damage", pending.resync, -1, -1, reason="bad_warc_header", detail="no WARC record starts after the previous one")
+                    return  # offset + Content-Length is no record start: the caller resyncs
         except _PANIC as e:  # FastWARC raises OSError/ValueError on a bad header, a Rust panic on worse; gunzip EOFError/zlib.error
             error = e
         if pending is None and error is None:
@@ -875,7 +896,7 @@ class _FileReader:
             if pending is not None:
                 if first is not None and first.offset == resume and not first.reason:
                     pending.length = first.length
-                    pending.bad_frame = first.bad_frame
+                    pending.bad_frame, pending.resync = first.bad_frame, first.resync
                     first = None
                 else:
                     pending.length = max(reader.count - pending.offset, -1)
@@ -945,6 +966,13 @@ class _FileReader:
                     raw.warc_truncated = h.get_header("WARC-Truncated") or ""
                     raw.refers_to_uri = h.get_header("WARC-Refers-To-Target-URI") or ""
                     self._fill(raw, rec.raw_stream.read)
+                if self._frame_stream is not None and not arc:
+                    raw.offset = base + it.offset  # where this record's header starts
+                    if self._framed(raw):
+                        yield raw
+                        if raw.resync > raw.offset + 1:
+                            yield _Raw("damage", raw.resync, -1, -1, reason="bad_warc_header", detail="no WARC record starts after the previous one")
+                        return  # offset + Content-Length is no record start: the caller resyncs
                 it.read_to_end(rec)  # offset and length are known only once the record is consumed
                 if it.err_count:  # this record's Content-Length does not end at a record boundary
                     self.stats["length_mismatch"] += it.err_count
@@ -1123,14 +1151,16 @@ def _next_record_start(stream, start: int, gz: bool, kind: str = "warc") -> int 
     record header (per-record gzip), or a header line of ``kind`` ("warc", "warc_lf", "arc")."""
     finder = _FIND_START["gz" if gz else kind]
     pos = start if gz else start - 1  # uncompressed starts are found by the newline before them
+    step = 64 << 10  # the next record is usually near: grow the window only while none is found
     while True:
         stream.seek(pos)
-        chunk = stream.read(1 << 20)
+        chunk = stream.read(step)
         m = finder.search(chunk)
         if m is None:
-            if len(chunk) < (1 << 20):
+            if len(chunk) < step:
                 return None
             pos += len(chunk) - 4096  # overlap: a header line may straddle the chunk edge
+            step = min(step * 2, 1 << 20)
             continue
         cand = pos + m.start() + (0 if gz else 1)
         stream.seek(cand)
@@ -1156,7 +1186,9 @@ def _frame_damage(stream, raw: _Raw) -> tuple[str, int]:
     pos = stream.tell()
     try:
         stream.seek(raw.offset)
-        head = stream.read(_HEAD_BYTES)
+        head = stream.read(4096)  # WARC headers are a few hundred bytes
+        if b"\n\n" not in head and b"\r\n\r\n" not in head:
+            head += stream.read(_HEAD_BYTES - len(head))
         crlf, lf = head.find(b"\r\n\r\n"), head.find(b"\n\n")
         if crlf < 0 and lf < 0:
             return "", -1  # no header end in sight: the backend names the damage
