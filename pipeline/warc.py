@@ -1194,8 +1194,10 @@ def _frame_damage(stream, raw: _Raw) -> tuple[str, int]:
             return "", -1  # no header end in sight: the backend names the damage
         cut, sep = (crlf, 4) if lf < 0 or 0 <= crlf < lf else (lf, 2)
         end = raw.offset + cut + sep + raw.declared
-        stream.seek(end)
-        tail = stream.read(_BOUNDARY_PROBE)
+        huge = end >= 1 << 62  # past any file (and past what seek takes)
+        if not huge:
+            stream.seek(end)
+        tail = b"" if huge else stream.read(_BOUNDARY_PROBE)
         rest = tail.lstrip(b"\r\n")
         closed = len(tail) - len(rest)
         if closed <= 8:
@@ -1203,7 +1205,7 @@ def _frame_damage(stream, raw: _Raw) -> tuple[str, int]:
                 return "", -1
             if not rest and tail:
                 return "", -1  # only the closing CRLFs, then the end of the file
-            if not tail:
+            if not tail and not huge:
                 stream.seek(end - 1)
                 if len(stream.read(1)) == 1:
                     return "", -1  # the record ends exactly at the end of the file

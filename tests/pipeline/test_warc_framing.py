@@ -89,7 +89,7 @@ def test_a_genuine_record_over_max_record_bytes_is_skipped_whole():
     victim=st.integers(0, 6),
     claim=st.one_of(
         st.integers(-64, 64).map(lambda d: ("delta", d)),
-        st.sampled_from([0, 1, LIMIT, LIMIT + 1, 10**6, 10**9, 10**15]).map(lambda v: ("value", v)),
+        st.sampled_from([0, 1, LIMIT, LIMIT + 1, 10**6, 10**9, 10**15, 2**63, 2**64]).map(lambda v: ("value", v)),
         st.integers(0, 3 * LIMIT).map(lambda v: ("value", v)),
     ),
 )
@@ -103,6 +103,7 @@ def test_every_valid_record_is_read_or_a_counted_reject(layout, sizes, victim, c
     recs = [record(i, n, content_length=cl if i == victim else None) for i, n in enumerate(sizes)]
     pages, rejects, stats = read(build(recs, layout))
     others = urls(len(sizes), skip=victim)
+    assert "read_error" not in {r.reason for r in rejects}, [r.detail for r in rejects]  # no reader bug behind a reject
     assert others <= set(pages), (layout, cl, true, sorted(others - set(pages)), [(r.reason, r.url) for r in rejects])
     for i, n in enumerate(sizes):
         url = f"http://framing.example/{i}"
