@@ -17,6 +17,7 @@ PIPELINE = [
     "lxml_html_clean",
     "brotli",
     "pillow",
+    "pyspng",  # libspng PNG decoder: the image stage's PNGs, same pixels as Pillow, faster
     "imagehash",
     "faiss-cpu",
     "pyarrow",

@@ -483,3 +483,115 @@ def test_large_jpeg_with_an_odd_side_is_decoded_at_half_size_not_resampled():
     # ~3 with the q90 re-encode (a full decode + bicubic resize gives ~4.6, a 1 px shift ~10)
     assert np.abs(np.asarray(decode(got.data), np.int16) - expect).mean() < 5
     assert imagehash.hex_to_hash(got.phash) - imagehash.phash(decode(got.data)) <= 2
+
+
+# --- PNGs through libspng, repeated bytes from the cache ------------------------------------------
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, i = [], 8
+    while i < len(data):
+        n = int.from_bytes(data[i : i + 4], "big")
+        out.append((data[i + 4 : i + 8], data[i + 8 : i + 8 + n]))
+        i += 12 + n
+    return out
+
+
+def _png_from_chunks(chunks) -> bytes:
+    import struct
+    import zlib
+
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)) for kind, body in chunks
+    )
+
+
+def test_pngs_decoded_by_libspng_store_the_same_bytes_as_through_pillow(monkeypatch):
+    import pipeline.images as images
+
+    made = []
+    for mode in ("L", "LA", "RGB", "RGBA", "P"):
+        im = Image.fromarray(photo((900, 700), seed=5)).convert(mode)
+        made.append((f"{mode}.png", encode(im, "PNG")))
+        made.append((f"{mode}-small.png", encode(im.resize((300, 200)), "PNG")))
+    real = [(p.name, p.read_bytes()) for p in sorted(shared_path("images").rglob("*.png"))]
+    cases = made + real
+    assert len(cases) >= 10
+    with_spng = {}
+    for name, data in cases:
+        images.clear_result_cache()
+        with_spng[name] = process_image(data, URL)
+    monkeypatch.setattr(images, "pyspng", None)
+    for name, data in cases:
+        images.clear_result_cache()
+        ref = process_image(data, URL)
+        got = with_spng[name]
+        assert (got.data, got.phash, got.width, got.height) == (ref.data, ref.phash, ref.width, ref.height), name
+
+
+def test_damaged_png_and_exif_after_the_pixels_take_pillows_path(monkeypatch):
+    import pipeline.images as images
+
+    im = Image.fromarray(photo((300, 200)))
+    data = encode(im, "PNG")
+    chunks = _png_chunks(data)
+    idat = max(i for i, (k, _) in enumerate(chunks) if k == b"IDAT")
+    # Bytes flipped inside the pixel data (the chunk CRC no longer matches), the file cut short:
+    # the same outcome as Pillow alone gives.
+    damaged = []
+    for off in (50, 400, 2000):
+        bad = bytearray(data)
+        bad[data.index(b"IDAT") + 4 + off] ^= 0xFF
+        damaged.append(bytes(bad))
+    damaged.append(data[: len(data) * 2 // 3])
+
+    def outcome(d):
+        images.clear_result_cache()
+        try:
+            p = process_image(d, URL)
+            return p.data
+        except ImageRejected as e:
+            return e.reason
+
+    got = [outcome(d) for d in damaged]
+    with monkeypatch.context() as m:
+        m.setattr(images, "pyspng", None)
+        assert got == [outcome(d) for d in damaged]
+    assert got[-1] == "truncated"
+    # EXIF orientation 6 in an eXIf chunk after IDAT: still applied (stored 200 x 300).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    moved = chunks[: idat + 1] + [(b"eXIf", exif.tobytes())] + chunks[idat + 1 :]
+    got = process_image(_png_from_chunks(moved), URL)
+    assert (got.width, got.height) == (200, 300)
+    first = min(i for i, (k, _) in enumerate(chunks) if k == b"IDAT")
+    before = chunks[:first] + [(b"eXIf", exif.tobytes())] + chunks[first:]
+    got = process_image(_png_from_chunks(before), URL)
+    assert (got.width, got.height) == (200, 300)
+
+
+def test_repeated_bytes_come_from_the_cache_and_the_url_is_still_checked():
+    import pipeline.images as images
+
+    images.clear_result_cache()
+    data = encode(Image.fromarray(photo((800, 600), seed=9)), "PNG")
+    first = process_image(data, "http://a.example/one.png")
+    again = process_image(data, "http://b.example/two.png")
+    assert again is first  # not decoded again
+    assert reason_of(data, url="http://b.example/logo.png") == "url_keyword"
+    flat = encode(Image.new("RGB", (300, 300), (10, 200, 30)), "PNG")
+    assert reason_of(flat, cfg=ImageConfig(min_bytes=None)) == reason_of(flat, cfg=ImageConfig(min_bytes=None)) == "single_color"
+    # Other settings, other result.
+    assert process_image(data, URL, ImageConfig(resize_longest_side=320)).width == 320
+
+
+def test_result_cache_is_bounded_by_bytes():
+    from pipeline.images import _ResultCache
+
+    cache = _ResultCache(max_bytes=64_000)
+    for i in range(1000):
+        cache.put(i, object(), 1_000)
+    assert len(cache) == 64_000 // 1_512
+    assert cache.get(999) is not None and cache.get(0) is None
+    cache.put("huge", object(), 10_000)  # over an eighth of the cache: not kept
+    assert cache.get("huge") is None
