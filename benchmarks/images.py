@@ -101,7 +101,7 @@ def _load_module(path: str, name: str):
 
 
 _HOSTILE_CHILD = """
-import importlib.util, json, resource, sys, time
+import importlib.util, json, resource, sys
 from tests.pipeline import hostile_images as H
 path, name = sys.argv[1], sys.argv[2]
 if path == "-":
@@ -111,23 +111,7 @@ else:
     mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)
     cap = H._status_kb("VmSize") * 1024 + (4 << 30)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-from pipeline.config import ImageConfig
-make, allow = H.CASES[name]
-data = make()
-cfg = ImageConfig(min_bytes=None)
-if allow:
-    cfg.allowed_formats = cfg.allowed_formats + allow
-def call():
-    t = time.perf_counter()
-    try:
-        mod.process_image(data, "http://bench.example/hostile", cfg); r = "kept"
-    except mod.ImageRejected as e:
-        r = e.reason
-    except MemoryError:
-        r = "MemoryError"
-    return r, time.perf_counter() - t
-(reason, seconds), growth = H.peak_growth_mb(call)
-print(json.dumps({"reason": reason, "seconds": seconds, "growth_mb": growth, "peak_mb": H._status_kb("VmHWM") / 1024, "bytes": len(data)}))
+print(json.dumps(H.measure_case(mod, name)))
 """
 
 

@@ -237,6 +237,35 @@ def peak_growth_mb(fn):
     return out, (_status_kb("VmHWM") - before) / 1024
 
 
+def measure_case(images_module, name: str) -> dict:
+    """Make CASES[name] and run ``images_module.process_image`` on it with the default config:
+    the outcome (a reject reason, "kept" or "MemoryError"), seconds, peak RSS growth in the call
+    and the process's peak RSS (MB), and the input's size."""
+    import time
+
+    from pipeline.config import ImageConfig
+
+    make, allow = CASES[name]
+    data = make()
+    cfg = ImageConfig(min_bytes=None)
+    if allow:
+        cfg.allowed_formats = cfg.allowed_formats + allow
+
+    def call():
+        t = time.perf_counter()
+        try:
+            images_module.process_image(data, "http://example.com/hostile", cfg)
+            outcome = "kept"
+        except images_module.ImageRejected as e:
+            outcome = e.reason
+        except MemoryError:
+            outcome = "MemoryError"
+        return outcome, time.perf_counter() - t
+
+    (outcome, seconds), growth = peak_growth_mb(call)
+    return {"reason": outcome, "seconds": seconds, "growth_mb": growth, "peak_mb": _status_kb("VmHWM") / 1024, "bytes": len(data)}
+
+
 # --- a crawl of them, and the whole process tree's memory while a command runs ---------------
 
 
