@@ -673,12 +673,16 @@ class _QuietArchiveIterator(ArchiveIterator):
 class _FileReader:
     """State for reading one file: name, limits, counters and the revisit index."""
 
-    def __init__(self, name: str, limits: LimitsConfig, stats: collections.Counter):
+    def __init__(self, name: str, limits: LimitsConfig, stats: collections.Counter, start: int = 0, end: int | None = None):
         self.name = name
         self.limits = limits
         self.stats = stats
         self.seen_digests: dict[str, str] = {}
         self.seen_uris: set[str] = set()
+        # A byte range of the file: the records that start in [start, end) (see ``split_ranges``).
+        self.start, self.end = start, end
+        self._stream = None
+        self._prefix_read = start == 0  # revisit index of the records before ``start``, read when first needed
 
     # -- reading a record's block, shared by both backends ------------------------------------
 
@@ -752,15 +756,26 @@ class _FileReader:
             # One gzip stream over many records: read its decompressed bytes as an uncompressed WARC.
             stream = _SeekableGunzip(stream)
             gz = False
+        if not (seekable and splittable_kind(gz, arc, isinstance(stream, _SeekableGunzip))):
+            if self.start > 0:
+                return  # read whole by the range that starts at 0
+            self.end = None
+        self._stream = stream
+        first = 0
+        if self.start > 0:
+            found = _next_record_start(stream, self.start, gz, "warc" if use_fastwarc else "warc_lf")
+            if found is None or (self.end is not None and found >= self.end):
+                return  # no record starts in this range
+            first = found
         if use_fastwarc and seekable:
             runs = self._resyncing(
-                stream, gz, "warc", lambda base: self._fastwarc(_CountingReader(stream, base=base), stream, base=base)
+                stream, gz, "warc", lambda base: self._fastwarc(_CountingReader(stream, base=base), stream, base=base), first
             )
         elif use_fastwarc:
             runs = self._fastwarc(reader, None)
         elif seekable:
             kind = "arc" if arc else "warc_lf"
-            runs = self._resyncing(stream, gz, kind, lambda base: self._warcio(_CountingReader(stream), base=base, arc=arc))
+            runs = self._resyncing(stream, gz, kind, lambda base: self._warcio(_CountingReader(stream), base=base, arc=arc), first)
         else:
             runs = self._warcio(reader, base=0, arc=arc)
         yield from self._convert_all(runs)
@@ -774,10 +789,11 @@ class _FileReader:
             if item is not None:
                 yield item
 
-    def _resyncing(self, stream, gz: bool, kind: str, run: Callable[[int], Iterator[_Raw]]) -> Iterator[_Raw]:
+    def _resyncing(self, stream, gz: bool, kind: str, run: Callable[[int], Iterator[_Raw]], base: int = 0) -> Iterator[_Raw]:
         """``run(base)`` over a seekable file from ``base``; after damage, again from the next record
-        start found (``kind``: "warc", "warc_lf" or "arc"), until the end of the file."""
-        base = 0
+        start found (``kind``: "warc", "warc_lf" or "arc"), until the end of the file or of the
+        range (``self.end``): a record or damage that starts at or after it belongs to the next range."""
+        end = self.end if self.end is not None else 1 << 62
         held: _Raw | None = None  # damage report, kept until we know whether the next run pins it down
         # Uncompressed records are checked against the next boundary as they are parsed (``_framed``).
         self._frame_stream = stream if not gz and kind in ("warc", "warc_lf") else None
@@ -787,6 +803,9 @@ class _FileReader:
             resync_from = -1
             stream.seek(base)
             for raw in run(base):
+                if raw.offset >= end:
+                    base = end
+                    break
                 if raw.reason:
                     damage = raw
                     continue
@@ -798,12 +817,16 @@ class _FileReader:
                     resync_from = raw.resync
                     break
                 last = raw
+            if base >= end:
+                break
             if resync_from >= 0:
                 nxt = _next_record_start(stream, resync_from, gz, kind)
                 if nxt is None:
                     break
                 self.stats["resynced_after_damage"] += 1
                 base = nxt
+                if base >= end:
+                    break
                 continue
             if damage is None and last is not None and last.short_read:
                 # A corrupt gzip member can end both readers quietly inside a record; that record
@@ -813,6 +836,8 @@ class _FileReader:
                     break
                 self.stats["resynced_after_damage"] += 1
                 base = nxt
+                if base >= end:
+                    break
                 continue
             if damage is None:
                 break
@@ -824,6 +849,8 @@ class _FileReader:
                 break
             self.stats["resynced_after_damage"] += 1
             base = nxt
+            if base >= end:
+                break
         if held is not None:
             yield held
 
@@ -1103,7 +1130,33 @@ class _FileReader:
         if raw.payload_digest:
             self.seen_digests.setdefault(raw.payload_digest.strip(), url)
 
+    def _read_prefix(self) -> None:
+        """Adds the revisit index of the records before this range (as the whole-file read has it
+        there) to this range's own: read once, when a revisit is not resolved inside the range."""
+        self._prefix_read = True
+        stream = self._stream
+        pos = stream.tell()
+        try:
+            stream.seek(0)
+            before = _FileReader(self.name, self.limits, collections.Counter(), 0, self.start)
+            for _ in before.read(stream):
+                pass
+        finally:
+            stream.seek(pos)
+        self.seen_digests = {**self.seen_digests, **before.seen_digests}  # the earlier capture wins
+        self.seen_uris |= before.seen_uris
+
     def _revisit(self, raw: _Raw, url: str, prov: Provenance) -> Reject:
+        if not self._prefix_read and not self._resolves(raw, url):
+            self._read_prefix()
+        return self._revisit_in_index(raw, url, prov)
+
+    def _resolves(self, raw: _Raw, url: str) -> bool:
+        digest = raw.payload_digest.strip()
+        refers = _clean_uri(raw.refers_to_uri) if raw.refers_to_uri else url
+        return bool(digest and digest in self.seen_digests) or refers in self.seen_uris
+
+    def _revisit_in_index(self, raw: _Raw, url: str, prov: Provenance) -> Reject:
         digest = raw.payload_digest.strip()
         original = self.seen_digests.get(digest) if digest else None
         refers = _clean_uri(raw.refers_to_uri) if raw.refers_to_uri else url
@@ -1167,7 +1220,8 @@ def _next_record_start(stream, start: int, gz: bool, kind: str = "warc") -> int 
         probe = stream.read(8192)
         if gz:
             try:
-                probe = zlib.decompressobj(31).decompress(probe, 512)
+                # a member may open with the CRLFs that close the record before it
+                probe = zlib.decompressobj(31).decompress(probe, 512).lstrip(b"\r\n")
             except zlib.error:
                 probe = b""
         if _looks_like_record(probe, kind):
@@ -1288,6 +1342,8 @@ def iter_warc(
     fileobj=None,
     filename: str | None = None,
     stats: collections.Counter | None = None,
+    start: int = 0,
+    end: int | None = None,
 ) -> Iterator[Item]:
     """Stream one WARC/ARC file (local path or any Beam FileSystems URI) into Page, ImageRecord and Reject.
 
@@ -1295,10 +1351,14 @@ def iter_warc(
     name recorded in provenance (default ``path``). ``stats`` (a Counter) receives ``records``,
     ``html_pages``, ``images`` and ``skipped_<type>`` counts for records that yield nothing.
     Never raises for bad input: damage becomes a Reject after every record read before it.
+
+    ``start``/``end`` read one byte range of the file: the records (and damage) that start in
+    [start, end), found from ``start`` as damage is resynchronised (``split_ranges`` makes them).
+    The ranges of a file together give exactly what the whole read gives.
     """
     name = filename or path
     stats = stats if stats is not None else collections.Counter()
-    reader = _FileReader(name, limits, stats)
+    reader = _FileReader(name, limits, stats, start, end)
     own = fileobj is None
     try:
         if own:
@@ -1319,13 +1379,80 @@ def iter_warc(
 
 
 # ---------------------------------------------------------------------------------------------
+# Byte ranges
+
+
+SPLIT_BYTES = 64 << 20  # range size: a 1 GB WARC gives 16 ranges to spread over workers; few split points
+
+
+def splittable_kind(gz: bool, arc: bool, whole_file_gzip: bool) -> bool:
+    """Uncompressed and per-record gzip WARCs can be read from any record start; a whole-file gzip
+    WARC (one deflate stream) cannot be entered in the middle, and ARC files are read whole."""
+    return not arc and not whole_file_gzip
+
+
+def split_ranges(path: str, range_bytes: int = SPLIT_BYTES) -> list[tuple[str, int, int | None]]:
+    """(path, start, end) byte ranges of one file for ``iter_warc(path, start=, end=)``: each record
+    is read by the range holding its first byte. A file that cannot be split, or is not larger
+    than ``range_bytes``, is one range (path, 0, None). Never raises: a file that cannot be
+    opened is one range, whose read reports it."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            size = f.seek(0, 2) if _seekable(f) else None
+            if size is None or size <= range_bytes:
+                return [(path, 0, None)]
+            f.seek(0)
+            prefix = f.read(4096)
+            gz = prefix[:2] == b"\x1f\x8b"
+            arc = prefix.lstrip()[:11] == b"filedesc://" or (gz and b"filedesc://" in _gunzip_head(prefix))
+            if not splittable_kind(gz, arc, gz and _is_whole_file_gzip(f)):
+                return [(path, 0, None)]
+    except Exception:  # the read reports what is wrong with the file
+        return [(path, 0, None)]
+    cuts = list(range(0, size, range_bytes))
+    return [(path, a, b if b < size else None) for a, b in zip(cuts, cuts[1:] + [size])]
+
+
+def _gunzip_head(data: bytes) -> bytes:
+    try:
+        return zlib.decompressobj(31).decompress(data, 512)
+    except zlib.error:
+        return b""
+
+
+class SplitWarcFiles(beam.PTransform):
+    """PCollection[str path] → PCollection[(path, start, end)]: each file as byte ranges
+    (``split_ranges``), spread over the workers by a Reshuffle. So one big WARC is read by as
+    many workers as it has ranges, on the local runner as on Flink, Spark or Dataflow."""
+
+    def __init__(self, range_bytes: int = SPLIT_BYTES, label: str | None = None):
+        super().__init__(label)
+        self._range_bytes = range_bytes
+
+    def expand(self, paths):
+        return (
+            paths
+            | "ByteRanges" >> beam.FlatMap(split_ranges, self._range_bytes)
+            | "SpreadRanges" >> beam.Reshuffle()
+        )
+
+
+def iter_range(rng: tuple[str, int, int | None], limits: LimitsConfig, stats: collections.Counter | None = None) -> Iterator[Item]:
+    path, start, end = rng
+    return iter_warc(path, limits, stats=stats, start=start, end=end)
+
+
+# ---------------------------------------------------------------------------------------------
 # Beam
 
 
-def page_captures(path: str, limits: LimitsConfig) -> Iterator[tuple[str, Provenance]]:
-    """(URL, provenance) of every page ``iter_warc`` yields from ``path``: what URL dedup needs,
-    without the pages' bodies. Rejects and counters belong to the main read, not this one."""
-    for item in iter_warc(path, limits):
+def page_captures(rng: tuple[str, int, int | None], limits: LimitsConfig) -> Iterator[tuple[str, Provenance]]:
+    """(URL, provenance) of every page ``iter_warc`` yields from one byte range of a file: what URL
+    dedup needs, without the pages' bodies. Rejects and counters belong to the main read."""
+    for item in iter_range(rng, limits):
         if isinstance(item, Page):
             yield item.url, item.provenance
 
@@ -1336,13 +1463,14 @@ class ListPageCaptures(beam.PTransform):
     the pages themselves (a runner that buffers shuffles in memory, like the local one, would
     otherwise hold the crawl's whole HTML)."""
 
-    def __init__(self, limits: LimitsConfig | None = None, label: str | None = None):
+    def __init__(self, limits: LimitsConfig | None = None, label: str | None = None, range_bytes: int = SPLIT_BYTES):
         super().__init__(label)
         self._limits = limits or LimitsConfig()
+        self._range_bytes = range_bytes
 
     def expand(self, paths):
         limits = self._limits
-        return paths | "SpreadFiles" >> beam.Reshuffle() | "ReadCaptures" >> beam.FlatMap(page_captures, limits)
+        return paths | "SplitFiles" >> SplitWarcFiles(self._range_bytes) | "ReadCaptures" >> beam.FlatMap(page_captures, limits)
 
 
 class _ReferencedImagesFn(beam.DoFn):
@@ -1352,10 +1480,10 @@ class _ReferencedImagesFn(beam.DoFn):
         self._limits = limits
         self._unreferenced = beam.metrics.Metrics.counter("m3w", "join.crawled_images_unreferenced")
 
-    def process(self, path: str, referenced: dict) -> Iterator[ImageRecord]:
+    def process(self, rng: tuple[str, int, int | None], referenced: dict) -> Iterator[ImageRecord]:
         from pipeline.urls import normalize_url
 
-        for item in iter_warc(path, self._limits):
+        for item in iter_range(rng, self._limits):
             if isinstance(item, ImageRecord):
                 if normalize_url(item.url) in referenced:
                     yield item
@@ -1369,15 +1497,18 @@ class ReadReferencedImages(beam.PTransform):
     the documents are known. So the image join shuffles the images the corpus cites, not every
     image of the crawl (a runner that buffers shuffles in memory would hold them all)."""
 
-    def __init__(self, referenced: beam.pvalue.AsSideInput, limits: LimitsConfig | None = None, label: str | None = None):
+    def __init__(
+        self, referenced: beam.pvalue.AsSideInput, limits: LimitsConfig | None = None, label: str | None = None, range_bytes: int = SPLIT_BYTES
+    ):
         super().__init__(label)
         self._referenced = referenced
         self._limits = limits or LimitsConfig()
+        self._range_bytes = range_bytes
 
     def expand(self, paths):
         return (
             paths
-            | "SpreadFiles" >> beam.Reshuffle()
+            | "SplitFiles" >> SplitWarcFiles(self._range_bytes)
             | "ReadImages" >> beam.ParDo(_ReferencedImagesFn(self._limits), referenced=self._referenced)
         )
 
@@ -1401,11 +1532,12 @@ class _ReadWarcFn(beam.DoFn):
             c = self._by_reason[name] = beam.metrics.Metrics.counter("m3w", f"read.{name}")
         return c
 
-    def process(self, path: str):
+    def process(self, rng: tuple[str, int, int | None]):
         stats: collections.Counter = collections.Counter()
         flushed: collections.Counter = collections.Counter()
-        self._files.inc()
-        for item in iter_warc(path, self._limits, stats=stats):
+        if rng[1] == 0:
+            self._files.inc()
+        for item in iter_range(rng, self._limits, stats):
             if isinstance(item, Page):
                 yield item
             elif isinstance(item, ImageRecord):
@@ -1436,18 +1568,20 @@ class _ReadWarcFn(beam.DoFn):
 class ReadWarcFiles(beam.PTransform):
     """PCollection[str path] → DoOutputsTuple: ``pages`` (Page), ``images`` (ImageRecord), ``rejects`` (Reject).
 
-    Paths come from ``match_inputs``; a Reshuffle spreads the files over workers before reading.
+    Paths come from ``match_inputs``; each file is cut into byte ranges (``SplitWarcFiles``) that
+    a Reshuffle spreads over workers before reading, so one big file uses every worker.
     Counters: ``read.records``, ``read.html_pages``, ``read.images``, ``read.dropped_<reason>`` and
     ``read.skipped_<record type>`` for records that carry no page content.
     """
 
-    def __init__(self, limits: LimitsConfig | None = None, label: str | None = None):
+    def __init__(self, limits: LimitsConfig | None = None, label: str | None = None, range_bytes: int = SPLIT_BYTES):
         super().__init__(label)
         self._limits = limits or LimitsConfig()
+        self._range_bytes = range_bytes
 
     def expand(self, paths):
         return (
             paths
-            | "SpreadFiles" >> beam.Reshuffle()
+            | "SplitFiles" >> SplitWarcFiles(self._range_bytes)
             | "ReadRecords" >> beam.ParDo(_ReadWarcFn(self._limits)).with_outputs("images", "rejects", main="pages")
         )
