@@ -48,7 +48,7 @@ setup(
     description="WARC files to Flamingo's M3W interleaved corpus on Apache Beam, and a JAX Flamingo trainer",
     python_requires=">=3.11",
     packages=find_packages(include=["schemas*", "pipeline*", "dedup*", "model*"]),
-    package_data={"pipeline": ["*.yaml", "data/*"]},
+    package_data={"pipeline": ["*.yaml", "presets/*.yaml", "data/*"]},
     # Beam workers (--setup_file) install the pipeline's needs only; the trainer's come with [train].
     install_requires=PIPELINE,
     extras_require={"train": MODEL, "test": MODEL + TEST},

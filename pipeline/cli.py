@@ -18,6 +18,7 @@ USAGE = """build-m3w COMMAND ...
 
 commands:
   build       WARC files -> filtered, deduplicated, sharded corpus (webdataset + Parquet)
+  presets     list the corpus recipes --preset accepts (m3w, obelics, mmc4)
   extract     print the extracted, unfiltered documents of WARC or HTML files as JSON lines
   explain     show every filter's measured value, threshold and verdict for one document
   eval-index  build a FAISS index of evaluation-set images for decontamination
@@ -90,7 +91,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="output directory (local path or any Beam FileSystem URI)")
     parser.add_argument("--format", default=None, help="comma-separated output formats: wds,parquet")
     parser.add_argument("--shard-size", dest="shard_size", type=int, default=None, help="documents per shard")
-    parser.add_argument("--config", dest="m3w_config", default=None, help="YAML config (default: the bundled m3w.yaml)")
+    parser.add_argument("--preset", default=None, help="corpus recipe: m3w (default), obelics, mmc4 (`build-m3w presets`)")
+    parser.add_argument("--config", dest="m3w_config", default=None, help="YAML file whose keys override the preset's")
     parser.add_argument("--eval-index", dest="eval_index", default=None, help="FAISS evaluation-set index")
     parser.add_argument("--fetch-images", dest="fetch_images", action="store_true", help="fetch images the crawl lacks")
     return parser
@@ -143,7 +145,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     import apache_beam as beam
 
     from pipeline.build import build_pipeline
-    from pipeline.config import ConfigError, dump_config, load_config
+    from pipeline.config import ConfigError, dump_config, resolve_config
     from pipeline.engine import engine_name
     from pipeline.outputs import OutputError, remove_stale_files
     from pipeline.report import build_report, format_report, run_counters, write_report
@@ -152,8 +154,9 @@ def run_build(argv: list[str]) -> dict[str, Any]:
 
     if any(a in ("-h", "--help") for a in argv):
         print(
-            "usage: build-m3w build --input GLOB... --output DIR [--format wds,parquet] [--shard-size N]\n"
-            "                       [--config FILE] [--eval-index INDEX] [--fetch-images] [beam options]\n"
+            "usage: build-m3w build --input GLOB... --output DIR [--preset NAME] [--config FILE]\n"
+            "                       [--format wds,parquet] [--shard-size N] [--eval-index INDEX] [--fetch-images] [beam options]\n"
+            "--preset picks the recipe (m3w, the default; obelics; mmc4: `build-m3w presets`); --config FILE overrides it key by key.\n"
             "Beam options pass through, e.g. --runner DataflowRunner --project P --region R --temp_location gs://...,\n"
             "or --runner FlinkRunner --flink_master HOST:PORT. Default: Beam's FnApiRunner on all cores, never Prism."
         )
@@ -169,7 +172,8 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     if not app.output:
         raise UserError("no output directory given; pass --output DIR")
     try:
-        cfg = load_config(app.m3w_config)
+        resolved = resolve_config(app.m3w_config, app.preset)
+        cfg = resolved.config
     except ConfigError as e:
         raise UserError(str(e)) from None
     if app.format:
@@ -200,7 +204,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
         remove_stale_files(app.output, "before", inputs=inputs)
     except OutputError as e:
         raise UserError(str(e)) from None
-    config_blob = dump_config(cfg).encode()
+    config_blob = dump_config(cfg, resolved).encode()
     atomic_write(os.path.join(app.output, "config.yaml"), lambda f: f.write(config_blob))
     print(f"build-m3w: {len(inputs)} input file(s) -> {app.output}", file=sys.stderr)
     print(f"build-m3w: engine: {engine_name(options)}", file=sys.stderr)
@@ -243,6 +247,23 @@ def _pipeline_options(argv: list[str]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# presets
+
+
+def run_presets(argv: list[str]) -> int:
+    """``build-m3w presets``: each bundled recipe, what it is and its file."""
+    from pipeline.config import DEFAULT_PRESET, preset_names, preset_path, preset_summary
+
+    if argv:
+        raise UserError(f"`build-m3w presets` takes no arguments, got {argv[0]!r}; pass --preset NAME to build")
+    for name in preset_names():
+        default = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name}{default}: {preset_summary(name)}")
+        print(f"    {preset_path(name)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # extract
 
 
@@ -253,7 +274,8 @@ def run_extract(argv: list[str]) -> int:
     )
     parser.add_argument("inputs", nargs="+", help="WARC/ARC files or .html files")
     parser.add_argument("--base-url", default=None, help="URL of an HTML file (default: its file:// URL)")
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--preset", default=None, help="corpus recipe whose extract settings apply (default m3w)")
+    parser.add_argument("--config", default=None, help="YAML file whose keys override the preset's")
     args = parser.parse_args(argv)
 
     from pipeline.config import ConfigError, load_config
@@ -263,7 +285,7 @@ def run_extract(argv: list[str]) -> int:
     from schemas.document import Provenance, to_json
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.preset)
     except ConfigError as e:
         raise UserError(str(e)) from None
     out = sys.stdout
@@ -313,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "build":
             run_build(rest)
             return 0
+        if cmd == "presets":
+            return run_presets(rest)
         if cmd == "extract":
             return run_extract(rest)
         if cmd == "explain":

@@ -3,10 +3,12 @@ and for the document — the tool for tuning ``text_filters`` and ``language`` i
 
     build-m3w explain --input crawl.warc.gz --url https://example.org/page
     build-m3w explain --input page.html --url https://example.org/page --config my.yaml
+    build-m3w explain --input crawl.warc.gz --url https://example.org/page --preset obelics
     build-m3w explain --input docs.jsonl --json        # lines from `build-m3w extract`
 
 Unlike the pipeline, which stops at the first failing check, explain measures everything, so a
-user sees how far each value is from its threshold. The verdict is the pipeline's: the same checks
+user sees how far each value is from its threshold, and where each threshold came from (the
+preset, or the ``--config`` file that overrode it). The verdict is the pipeline's: the same checks
 in the same order as ``pipeline.filters.filter_document``.
 """
 from __future__ import annotations
@@ -15,37 +17,46 @@ import argparse
 import gzip
 import json
 import os
+import re
 import sys
 from typing import Any, Iterator
 
 from pipeline import filters as F
 from pipeline import langid
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, ResolvedConfig, resolve_config
 from schemas.document import Document, ImageNode, Provenance, TextNode, from_json
 
-USAGE = "build-m3w explain --input WARC_OR_HTML_OR_JSONL [--url URL] [--config FILE] [--json]"
+USAGE = "build-m3w explain --input WARC_OR_HTML_OR_JSONL [--url URL] [--preset NAME] [--config FILE] [--json]"
 
 
 class ExplainError(Exception):
     """A user mistake; the message is one line saying what to fix."""
 
 
-def _measure(checks: list[F.Check], text: str) -> list[dict[str, Any]]:
+def _config_key(check_name: str) -> str:
+    """The config key behind a check: ``gopher_top_3gram_char_frac`` -> ``text_filters.gopher_top_ngram_char_frac``."""
+    return "text_filters." + re.sub(r"^gopher_(top|dup)_\d+gram_char_frac$", r"gopher_\1_ngram_char_frac", check_name)
+
+
+def _measure(checks: list[F.Check], text: str, sources: dict[str, str]) -> list[dict[str, Any]]:
     stats = F.TextStats(text)
     out = []
     for c in checks:
         v = c.measure(stats)
-        out.append({"filter": c.name, "value": v, "bound": c.bound, "threshold": c.threshold, "pass": c.passes(v)})
+        source = sources.get(_config_key(c.name), "default")
+        out.append({"filter": c.name, "value": v, "bound": c.bound, "threshold": c.threshold, "pass": c.passes(v), "source": source})
     return out
 
 
-def explain_document(doc: Document, cfg: Config) -> dict[str, Any]:
+def explain_document(doc: Document, cfg: Config, resolved: ResolvedConfig | None = None) -> dict[str, Any]:
     """Every measure of ``doc`` against ``cfg``: a JSON-ready dict with ``verdict`` ("kept" or
     "dropped"), ``reason`` (the first failing filter, as in ``filter_document``), ``url``,
     ``language``, ``nodes`` (per node: its checks and verdict) and ``document`` (checks on the text
     left after node filtering), and ``images`` (the image-count rule, applied after images are
-    resolved)."""
+    resolved). Each check names the ``source`` of its threshold: ``preset NAME``, the override
+    file's path, or ``default``; ``config`` names the preset and the file."""
     tf = cfg.text_filters
+    sources = resolved.sources if resolved is not None else {}
     reason: str | None = None
     detail = ""
 
@@ -67,6 +78,7 @@ def explain_document(doc: Document, cfg: Config) -> dict[str, Any]:
         "keep": cfg.language.keep,
         "min_score": cfg.language.min_score,
         "detector": cfg.language.detector,
+        "source": {k: sources.get(f"language.{k}", "default") for k in ("keep", "min_score", "detector")},
         "pass": lang_reason is None,
     }
     if reason is None and lang_reason:
@@ -78,7 +90,7 @@ def explain_document(doc: Document, cfg: Config) -> dict[str, Any]:
         if isinstance(node, ImageNode):
             nodes.append({"index": i, "type": "image", "url": node.url, "verdict": "kept"})
             continue
-        checks = _measure(node_checks, node.text)
+        checks = _measure(node_checks, node.text, sources)
         failed = next((c for c in checks if not c["pass"]), None)
         nodes.append(
             {
@@ -93,7 +105,7 @@ def explain_document(doc: Document, cfg: Config) -> dict[str, Any]:
         if not failed:
             kept_texts.append(node.text)
 
-    doc_checks = _measure(F.doc_checks(tf), "\n\n".join(kept_texts))
+    doc_checks = _measure(F.doc_checks(tf), "\n\n".join(kept_texts), sources)
     failed = next((c for c in doc_checks if not c["pass"]), None)
     if reason is None and failed:
         reason = failed["filter"]
@@ -106,6 +118,7 @@ def explain_document(doc: Document, cfg: Config) -> dict[str, Any]:
         "doc_id": doc.doc_id,
         "verdict": "dropped" if reason else "kept",
         "reason": reason,
+        "config": {"preset": cfg.preset, "file": resolved.file if resolved is not None else None},
         "detail": detail,
         "url_blocklists": url_info,
         "language": language,
@@ -116,6 +129,7 @@ def explain_document(doc: Document, cfg: Config) -> dict[str, Any]:
             "min": tf.doc_min_images,
             "max": tf.doc_max_images,
             "reason": F.image_count_reason(doc, cfg),
+            "source": ", ".join(sorted({sources.get(f"text_filters.doc_{b}_images", "default") for b in ("min", "max")})),
             "note": "applied after images are resolved, not by the text filter stage",
         },
     }
@@ -156,11 +170,16 @@ def render(report: dict[str, Any]) -> str:
     out.append(f"{report['url']}  (doc {report['doc_id']})")
     why = f" by {report['reason']}: {report['detail']}" if report["reason"] else ""
     out.append(f"verdict: {verdict}{why}")
+    conf = report.get("config") or {}
+    if conf.get("preset"):
+        over = f", overridden by {conf['file']}" if conf.get("file") else ""
+        out.append(f"config: preset {conf['preset']}{over}  (the \"from\" of each threshold below)")
     lg = report["language"]
     keep = ",".join(lg["keep"]) if lg["keep"] is not None else "any"
+    lang_from = ", ".join(sorted(set(lg.get("source", {}).values()))) or "default"
     out.append(
         f"language: {lg['detected'] or 'none'} {lg['score']:.3f} of text  "
-        f"(keep {keep}, min_score {_v(lg['min_score'])}, {lg['detector']})  {'pass' if lg['pass'] else 'FAIL'}"
+        f"(keep {keep}, min_score {_v(lg['min_score'])}, {lg['detector']}; from {lang_from})  {'pass' if lg['pass'] else 'FAIL'}"
     )
     ub = report["url_blocklists"]
     if ub["domain_blocklist"] or ub["substring_blocklist"]:
@@ -184,20 +203,23 @@ def render(report: dict[str, Any]) -> str:
     if names:
         thresholds = {c["filter"]: c for c in text_nodes[0]["checks"]}
         legend = ", ".join(
-            f"{_NODE_HEADS.get(n, n)} = {n} ({thresholds[n]['bound']} {_v(thresholds[n]['threshold'])})" for n in names
+            f"{_NODE_HEADS.get(n, n)} = {n} ({thresholds[n]['bound']} {_v(thresholds[n]['threshold'])}, "
+            f"from {thresholds[n].get('source', 'default')})"
+            for n in names
         )
         out.append("  " + legend)
 
     out.append("")
     out.append("document (text left after node filters):")
-    rows = [["filter", "value", "threshold", "verdict"]]
+    rows = [["filter", "value", "threshold", "verdict", "from"]]
     for c in report["document"]["checks"]:
-        rows.append([c["filter"], _v(c["value"]), f"{c['bound']} {_v(c['threshold'])}", "pass" if c["pass"] else "FAIL"])
+        verdict = "pass" if c["pass"] else "FAIL"
+        rows.append([c["filter"], _v(c["value"]), f"{c['bound']} {_v(c['threshold'])}", verdict, c.get("source", "default")])
     im = report["images"]
     rows.append(
-        ["doc_min/max_images", str(im["count"]), f"{_v(im['min'])}-{_v(im['max'])}", "FAIL" if im["reason"] else "pass"]
+        ["doc_min/max_images", str(im["count"]), f"{_v(im['min'])}-{_v(im['max'])}", "FAIL" if im["reason"] else "pass", im.get("source", "default")]
     )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     out.append("  (image count is checked after images are resolved)")
@@ -267,14 +289,16 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--input", required=True, help="WARC/ARC (.gz), HTML (.gz) or JSONL from build-m3w extract")
     ap.add_argument("--url", help="the page to explain (default: every page in the input)")
-    ap.add_argument("--config", help="config YAML (default: the bundled pipeline/m3w.yaml)")
+    ap.add_argument("--preset", help="corpus recipe: m3w (default), obelics, mmc4 (`build-m3w presets`)")
+    ap.add_argument("--config", help="YAML file whose keys override the preset's")
     ap.add_argument("--json", action="store_true", help="one JSON object per document instead of tables")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config)
+        resolved = resolve_config(args.config, args.preset)
+        cfg = resolved.config
         found = 0
         for doc in iter_documents(args.input, args.url, cfg):
-            report = explain_document(doc, cfg)
+            report = explain_document(doc, cfg, resolved)
             if args.json:
                 sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
             else:

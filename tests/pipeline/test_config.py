@@ -327,3 +327,123 @@ def test_every_key_of_the_defaults_file_says_what_it_is_and_docs_are_current():
     rows = [line for line in doc.splitlines() if line.startswith("| `")]
     assert rows and not [r for r in rows if r.rstrip().endswith("|  |")], "uncommented keys in pipeline/m3w.yaml"
     assert (REPO / "docs" / "CONFIG.md").read_text(encoding="utf-8") == doc, "run: python -m pipeline.config_doc > docs/CONFIG.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: versioned recipes, overridden key by key
+
+
+def test_every_preset_loads_names_itself_and_sets_only_real_keys():
+    from pipeline.config import preset_names, preset_path, read_yaml
+
+    assert preset_names()[0] == "m3w" and {"obelics", "mmc4"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(preset=name)
+        assert cfg.preset == name and read_yaml(preset_path(name))["version"] == 1
+        assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def test_presets_hold_their_published_thresholds():
+    m3w, obelics, mmc4 = (load_config(preset=n) for n in ("m3w", "obelics", "mmc4"))
+    # M3W: Gopher's 50-100,000 words, no 2,000-word cap; images >= 64 px, aspect <= 3, single colour.
+    assert (m3w.text_filters.doc_min_words, m3w.text_filters.doc_max_words) == (50, 100_000)
+    assert (m3w.images.min_side, m3w.images.max_aspect_ratio, m3w.images.min_pixel_std) == (64, 3.0, 2.0)
+    assert m3w.text_filters.gopher_min_stop_words == 2 and m3w.text_filters.gopher_dup_ngram_char_frac[10] == 0.10
+    # OBELICS (config_filter_web_documents.yaml)
+    tf = obelics.text_filters
+    assert (tf.node_min_words, tf.node_max_words, tf.doc_min_words, tf.doc_max_words) == (4, 1000, 10, 2000)
+    assert (tf.node_min_punctuation_ratio, tf.node_punctuation_min_words, tf.doc_min_punctuation_ratio) == (0.001, 12, 0.03)
+    assert (tf.node_min_common_word_ratio, tf.doc_min_common_word_ratio) == (0.8, 0.9)
+    assert (tf.doc_min_images, tf.doc_max_images, tf.gopher_min_stop_words) == (1, 30, None)
+    assert (obelics.images.min_side, obelics.images.max_side, obelics.images.max_aspect_ratio) == (150, 20_000, 2.0)
+    assert obelics.images.allowed_formats == ["jpeg", "png", "webp"] and obelics.language.min_score == 0.8
+    # MMC4: min side 150, aspect 0.5-2
+    assert (mmc4.images.min_side, mmc4.images.max_aspect_ratio) == (150, 2.0)
+
+
+def test_a_file_overrides_its_preset_key_by_key(tmp_path):
+    from pipeline.config import resolve_config
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("images:\n  min_side: 200\ntext_filters:\n  doc_max_words: 5000\n")
+    resolved = resolve_config(str(path), "obelics")
+    cfg, obelics = resolved.config, load_config(preset="obelics")
+    assert cfg.preset == "obelics" and cfg.images.min_side == 200 and cfg.text_filters.doc_max_words == 5000
+    assert cfg.images.max_aspect_ratio == obelics.images.max_aspect_ratio == 2.0  # the rest of the section stays
+    assert resolved.source("images.min_side") == str(path) and resolved.source("images.max_side") == "preset obelics"
+    assert resolved.source("fetch.timeout_s") == "default"  # obelics leaves it to the m3w defaults
+    # The file may name the preset itself; the resolved config names it and lists the overrides.
+    named = tmp_path / "named.yaml"
+    named.write_text("preset: obelics\nimages:\n  min_side: 200\n")
+    assert load_config(str(named)).images.max_aspect_ratio == 2.0
+    text = dump_config(cfg, resolved)
+    assert text.startswith("# m3w build config: preset obelics") and "images.min_side, text_filters.doc_max_words" in text
+    assert load_config_from_text(tmp_path, text) == cfg
+
+
+@pytest.mark.parametrize(
+    "text, preset, fragment",
+    [
+        ("", "obelix", "unknown preset 'obelix' (did you mean obelics?)"),
+        ("preset: mmc4\n", "obelics", "says 'mmc4' but --preset says 'obelics'"),
+        ("preset: 3\n", None, "config key preset"),
+        ("preset: c4\n", None, "unknown preset 'c4'"),
+    ],
+)
+def test_preset_mistakes_are_one_line_errors(tmp_path, text, preset, fragment):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path), preset)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_build_m3w_presets_lists_each_recipe(capsys):
+    assert build_m3w(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("m3w (default): Flamingo's M3W")
+    for name in ("obelics", "mmc4"):
+        assert f"\n{name}: " in out and f"presets/{name}.yaml" in out
+
+
+def test_the_resolved_config_beside_the_outputs_names_its_preset(tmp_path):
+    override = tmp_path / "mine.yaml"
+    override.write_text("images:\n  min_side: 100\n")
+    out = tmp_path / "out"
+    argv = ["build", "--input", SAMPLE, "--output", str(out), "--preset", "mmc4", "--config", str(override), "--runner=DirectRunner"]
+    assert build_m3w(argv) == 0
+    text = (out / "config.yaml").read_text()
+    assert text.splitlines()[0] == "# m3w build config: preset mmc4 (presets/mmc4.yaml)"
+    assert text.splitlines()[1] == f"# overridden by {override}: images.min_side"
+    cfg = load_config(str(out / "config.yaml"))
+    assert cfg.preset == "mmc4" and cfg.images.min_side == 100 and cfg == load_config(str(override), "mmc4")
+
+
+LONG_PYDOCS = ["functions", "re", "codecs", "argparse", "sqlite3", "ctypes", "multiprocessing", "ssl", "decimal", "logging"]
+
+
+def test_m3w_keeps_long_pages_that_pass_gopher_where_obelics_caps_them():
+    """Issue 16's acceptance for the default: real reference pages of more than 2,000 words that
+    pass every Gopher rule pass m3w's text filters; OBELICS's 2,000-word cap drops them."""
+    from pipeline.config import resolve_config
+    from pipeline.explain import explain_document, iter_documents
+    from tests.conftest import shared_path
+
+    warc = str(shared_path("warc", "local_wget_crawls", "pydocs.warc.gz"))
+    m3w, obelics = resolve_config(), resolve_config(preset="obelics")
+    wanted = {f"/library/{n}.html" for n in LONG_PYDOCS}
+    seen = set()
+    for doc in iter_documents(warc, None, m3w.config):
+        name = "/library/" + doc.url.rsplit("/library/", 1)[-1]
+        if name not in wanted:
+            continue
+        seen.add(name)
+        report = explain_document(doc, m3w.config, m3w)
+        checks = {c["filter"]: c for c in report["document"]["checks"]}
+        assert checks["doc_max_words"]["value"] > 2000, name
+        assert all(c["pass"] for f, c in checks.items() if f.startswith("gopher_")), name
+        assert report["verdict"] == "kept", (name, report["reason"], report["detail"])
+        assert checks["doc_max_words"]["source"] == "preset m3w"
+        capped = explain_document(doc, obelics.config, obelics)
+        assert capped["verdict"] == "dropped" and capped["reason"] == "doc_max_words", (name, capped["reason"])
+    assert seen == wanted

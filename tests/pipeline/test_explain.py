@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import explain
 from pipeline import filters as F
-from pipeline.config import Config
+from pipeline.config import Config, load_config
 from pipeline.extract import ExtractionError, extract_document
 from pipeline.records import Page
 from pipeline.warc import iter_warc
@@ -36,16 +36,30 @@ def test_json_report_for_a_warc_page(capsys):
     assert rc == 0
     (report,) = [json.loads(line) for line in out.splitlines()]
     assert report["url"] == HEAPQ and report["verdict"] == "kept" and report["reason"] is None
+    assert report["config"] == {"preset": "m3w", "file": None}
     assert report["language"]["detected"] == "en" and report["language"]["pass"]
     text_nodes = [n for n in report["nodes"] if n["type"] == "text"]
-    # The signature line of a function is a heading, not prose: too few words.
+    # m3w keeps a function's signature line: it is a heading of the page, which Gopher judges whole.
+    first = next(n for n in text_nodes if n["text"].startswith("heapq.heappush("))
+    assert first["verdict"] == "kept"
+    doc_filters = [c["filter"] for c in report["document"]["checks"]]
+    assert "gopher_dup_10gram_char_frac" in doc_filters and "doc_max_words" in doc_filters
+    assert all(c["pass"] and c["source"] == "preset m3w" for c in report["document"]["checks"])
+
+
+def test_obelics_preset_judges_paragraphs_and_names_its_thresholds_source(capsys):
+    rc, out, _ = _run(capsys, "--input", _pydocs(), "--url", HEAPQ, "--preset", "obelics", "--json")
+    assert rc == 0
+    (report,) = [json.loads(line) for line in out.splitlines()]
+    assert report["config"] == {"preset": "obelics", "file": None}
+    text_nodes = [n for n in report["nodes"] if n["type"] == "text"]
+    # OBELICS: the signature line is too short a paragraph.
     first = next(n for n in text_nodes if n["text"].startswith("heapq.heappush("))
     assert first["verdict"] == "dropped" and first["reason"] == "node_min_words"
     words = next(c for c in first["checks"] if c["filter"] == "node_min_words")
-    assert words == {"filter": "node_min_words", "value": 2, "bound": "min", "threshold": 4, "pass": False}
+    assert words == {"filter": "node_min_words", "value": 2, "bound": "min", "threshold": 4, "pass": False, "source": "preset obelics"}
     doc_filters = [c["filter"] for c in report["document"]["checks"]]
-    assert "gopher_dup_10gram_char_frac" in doc_filters and "doc_min_stopword_ratio" in doc_filters
-    assert all(c["pass"] for c in report["document"]["checks"])
+    assert "doc_min_stopword_ratio" in doc_filters and not any(f.startswith("gopher_") for f in doc_filters)
 
 
 def test_text_report_names_every_filter_and_the_verdict(capsys):
@@ -54,11 +68,13 @@ def test_text_report_names_every_filter_and_the_verdict(capsys):
     assert out.splitlines()[1].startswith("verdict: DROPPED by language")
     for name in [c.name for c in F.node_checks(Config().text_filters) + F.doc_checks(Config().text_filters)]:
         assert name in out
-    assert "min 10" in out and "max 0.275" in out  # thresholds printed beside values
+    assert "min 50" in out and "max 100000" in out  # thresholds printed beside values
+    assert "config: preset m3w" in out and "preset m3w" in out.splitlines()[-3]  # and where each came from
 
 
-def test_explain_agrees_with_the_pipeline_on_real_pages():
-    cfg = Config()
+@pytest.mark.parametrize("preset", ["m3w", "obelics"])
+def test_explain_agrees_with_the_pipeline_on_real_pages(preset):
+    cfg = load_config(preset=preset)
     pages = [r for r in iter_warc(str(shared_path("warc", "local_wget_crawls", "handbook-fr-de.warc.gz"))) if isinstance(r, Page)]
     checked = 0
     for page in pages[::3]:
@@ -110,6 +126,9 @@ def test_config_file_changes_thresholds(tmp_path, capsys):
     assert rc == 0
     report = json.loads(out)
     assert report["verdict"] == "dropped" and report["reason"] == "doc_max_words"
+    sources = {c["filter"]: c["source"] for c in report["document"]["checks"]}
+    assert sources["doc_max_words"] == str(cfg) and sources["doc_min_words"] == "preset m3w"
+    assert report["config"] == {"preset": "m3w", "file": str(cfg)}
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import filters as F
-from pipeline.config import Config
+from pipeline.config import Config, load_config
 from schemas.document import Document, ImageNode, Provenance, TextNode
 
 STOP = F.load_word_list(F.STOPWORDS_FILE)
@@ -38,6 +38,14 @@ FR = [
     "qui nous ont dit de commencer par des graminées et des arbustes bas.",
 ]
 
+
+
+def with_short_paragraphs_dropped() -> Config:
+    """The m3w defaults plus OBELICS's paragraph word count (4): m3w keeps short paragraphs, so
+    the tests of the chain's paragraph-drop path turn one on."""
+    cfg = Config()
+    cfg.text_filters.node_min_words = 4
+    return cfg
 
 def prov(offset: int = 0) -> Provenance:
     return Provenance("crawl.warc.gz", offset, 100, "2024-05-01T00:00:00Z")
@@ -177,7 +185,7 @@ def test_url_blocklists():
 def test_english_document_kept_with_language_and_boilerplate_node_removed():
     d = doc([EN[0], "Home | About", EN[1], EN[2]])
     before = copy.deepcopy(d)
-    kept, rejects = F.filter_document(d, Config())
+    kept, rejects = F.filter_document(d, with_short_paragraphs_dropped())
     assert kept is not None
     assert kept.texts.count(None) == 1 and "Home | About" not in kept.text
     assert kept.language == "en" and kept.language_score >= 0.6
@@ -227,8 +235,8 @@ def test_language_filter_off_keeps_french_past_language():
     cfg.language.min_score = None
     kept, rejects = F.filter_document(doc(FR), cfg)
     assert all(not r.reason.startswith("language") for r in rejects)
-    # The English stop-word rules then empty it: the document falls on its word count.
-    assert kept is None and rejects[-1].reason == "doc_min_words"
+    # Gopher's English stop-word rule then drops it.
+    assert kept is None and rejects[-1].reason == "gopher_min_stop_words"
 
 
 def test_repetitive_document_dropped_with_measured_value():
@@ -257,13 +265,16 @@ def test_flagged_words_file_replaces_bundled_list(tmp_path):
     cfg = Config()
     cfg.text_filters.flagged_words_file = str(tmp_path / "flagged.txt")
     kept, rejects = F.filter_document(doc(EN), cfg)
-    assert [r.reason for r in rejects][0] == "node_max_flagged_word_ratio"
+    assert [r.reason for r in rejects][0] == "doc_max_flagged_word_ratio"  # m3w judges flagged words per document
+    cfg.text_filters.node_max_flagged_word_ratio = 0.01
+    assert [r.reason for r in F.filter_document(doc(EN), cfg)[1]][0] == "node_max_flagged_word_ratio"
 
 
 def test_image_count_reason():
     cfg = Config()
     assert F.image_count_reason(doc(EN, images=0), cfg) == "doc_min_images"
-    assert F.image_count_reason(doc(EN, images=31), cfg) == "doc_max_images"
+    assert F.image_count_reason(doc(EN, images=31), cfg) is None  # m3w caps no document
+    assert F.image_count_reason(doc(EN, images=31), load_config(preset="obelics")) == "doc_max_images"  # OBELICS: 1-30
     assert F.image_count_reason(doc(EN, images=3), cfg) is None
     cfg.text_filters.doc_min_images = None
     assert F.image_count_reason(doc(EN, images=0), cfg) is None
@@ -282,7 +293,7 @@ def _run_filter(cfg: Config, docs: list[Document]):
 def test_filter_text_composite_outputs_documents_rejects_and_counters():
     english = doc([EN[0], "Home | About", EN[1], EN[2]], offset=1)
     french = doc(FR, url="https://example.fr/cote", offset=2)
-    p, out = _run_filter(Config(), [english, french])
+    p, out = _run_filter(with_short_paragraphs_dropped(), [english, french])
     assert_that(out.documents | beam.Map(lambda d: (d.doc_id, d.language)), equal_to([(english.doc_id, "en")]), label="Docs")
     assert_that(
         out.rejects | beam.FlatMap(lambda b: [(r.reason, r.url) for r in b]),
@@ -306,11 +317,11 @@ def test_filter_text_composite_outputs_documents_rejects_and_counters():
 def test_filter_text_batches_rejects_and_turning_them_off_keeps_the_counters():
     english = doc([EN[0], "Home | About", EN[1], EN[2]], offset=1)
     french = doc(FR, url="https://example.fr/cote", offset=2)
-    p, out = _run_filter(Config(), [english, french])
+    p, out = _run_filter(with_short_paragraphs_dropped(), [english, french])
     assert_that(out.rejects | beam.Map(lambda b: sorted(r.reason for r in b)), equal_to([["language", "node_min_words"]]))
     p.run().wait_until_finish()
 
-    cfg = Config()
+    cfg = with_short_paragraphs_dropped()
     cfg.output.rejects = False
     p, out = _run_filter(cfg, [english, french])
     assert_that(out.rejects, equal_to([]))
@@ -327,7 +338,7 @@ def test_filter_text_composite_batches_keep_every_document_and_its_window():
 
     docs = [doc([EN[i % 3], EN[(i + 1) % 3], EN[(i + 2) % 3], f"Page {i} | Home"], url=f"https://e.org/{i}", offset=i) for i in range(F.BATCH_DOCS + 9)]
     docs.append(doc(FR, url="https://example.fr/cote", offset=999))
-    single = [F.filter_document(d, Config()) for d in docs]
+    single = [F.filter_document(d, with_short_paragraphs_dropped()) for d in docs]
     expected = [(d.doc_id, i // 10) for i, (d, (kept, _)) in enumerate(zip(docs, single)) if kept is not None]
     assert len(expected) == F.BATCH_DOCS + 9
     expected_rejects = [(r.reason, r.url, r.detail) for _, rejects in single for r in rejects]
@@ -339,7 +350,7 @@ def test_filter_text_composite_batches_keep_every_document_and_its_window():
         | beam.Map(lambda x: window.TimestampedValue(x[1], x[0] * 6))
         | beam.WindowInto(window.FixedWindows(60))
     )
-    out = stamped | "FilterText" >> F.FilterText(Config())
+    out = stamped | "FilterText" >> F.FilterText(with_short_paragraphs_dropped())
 
     class WithWindow(beam.DoFn):
         def process(self, d, w=beam.DoFn.WindowParam):

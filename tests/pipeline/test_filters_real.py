@@ -92,7 +92,9 @@ def test_real_english_articles_survive_the_default_chain(name):
 
 
 def test_python_reference_pages_survive_the_default_chain():
-    wanted = tuple(f"/library/{n}.html" for n in ("heapq", "random", "os.path", "csv"))
+    # (os.path.html repeats "Changed in version 3.6: Accepts a path-like object." so often that
+    # Gopher's duplicate 7-gram rule drops it, as MassiveWeb would.)
+    wanted = tuple(f"/library/{n}.html" for n in ("heapq", "random", "functions", "csv"))
     pages = _warc_documents(shared_path("warc", "local_wget_crawls", "pydocs.warc.gz"), wanted)
     assert len(pages) == 4
     cfg = Config()
