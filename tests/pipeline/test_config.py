@@ -410,7 +410,7 @@ def test_the_resolved_config_beside_the_outputs_names_its_preset(tmp_path):
     override = tmp_path / "mine.yaml"
     override.write_text("images:\n  min_side: 100\n")
     out = tmp_path / "out"
-    argv = ["build", "--input", SAMPLE, "--output", str(out), "--preset", "mmc4", "--config", str(override), "--runner=DirectRunner"]
+    argv = ["build", "--input", SAMPLE, "--output", str(out), "--preset", "mmc4", "--config", str(override), "--direct_running_mode=in_memory"]
     assert build_m3w(argv) == 0
     text = (out / "config.yaml").read_text()
     assert text.splitlines()[0] == "# m3w build config: preset mmc4 (presets/mmc4.yaml)"

@@ -5,6 +5,7 @@ arbitrary Unicode; its verdicts and reject details equal those of the reference 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gzip
 import math
 import re
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import filters as F
-from pipeline.config import Config
+from pipeline.config import Config, load_config
 from pipeline.explain import explain_document
 from pipeline.extract import ExtractionError, extract_document
 from pipeline.records import Page
@@ -23,12 +24,11 @@ from pipeline.warc import iter_warc
 from schemas.document import Document, ImageNode, Provenance, TextNode
 from tests.conftest import shared_path
 
-CFG = Config()
-# Every measure compared, OBELICS's punctuation and common-word ratios included (off by default).
-CFG.text_filters.node_min_punctuation_ratio = 0.001
-CFG.text_filters.node_min_common_word_ratio = 0.8
-CFG.text_filters.doc_min_punctuation_ratio = 0.03
-CFG.text_filters.doc_min_common_word_ratio = 0.9
+# Every measure compared: the obelics preset's checks plus the Gopher rules of the m3w preset.
+CFG = load_config(preset="obelics")
+for _f in dataclasses.fields(CFG.text_filters):
+    if getattr(CFG.text_filters, _f.name) is None:
+        setattr(CFG.text_filters, _f.name, getattr(Config().text_filters, _f.name))
 NODE_CHECKS, DOC_CHECKS = F.configured_checks(CFG.text_filters)
 STOP = F.load_word_list(F.STOPWORDS_FILE)
 FLAGGED = F.load_word_list(F.FLAGGED_WORDS_FILE)

@@ -11,9 +11,8 @@ from pipeline import filters as F
 from pipeline import langid
 from pipeline.config import Config
 from schemas.document import Document, ImageNode, Provenance, TextNode
-from tests.pipeline.test_filters_fast import plain_words
+from tests.pipeline.test_filters_fast import CFG, plain_words
 
-CFG = Config()
 ALL_CHECKS = F.node_checks(CFG.text_filters) + F.doc_checks(CFG.text_filters)
 
 texts = st.text(st.characters(codec="utf-8"), max_size=3000) | st.text(alphabet=" \n\t.#…-•ab'", max_size=500)
