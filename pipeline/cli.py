@@ -123,6 +123,27 @@ def unknown_flag_warnings(beam_args: list[str], parser: argparse.ArgumentParser)
     return out
 
 
+def _apply_flags(app: argparse.Namespace, resolved: Any) -> None:
+    """--format, --shard-size, --eval-index, --fetch-images over the config, checked by the same
+    rules as the file and recorded as the source of their keys."""
+    if app.format:
+        formats = [f.strip() for f in app.format.split(",") if f.strip()]
+        bad = [f for f in formats if f not in ("wds", "parquet")]
+        if bad:
+            raise UserError(f"unknown output format {bad[0]!r}; use --format wds, parquet or wds,parquet")
+        resolved.set("output.formats", formats, "--format")
+    if app.shard_size is not None:
+        if app.shard_size < 1:
+            raise UserError("--shard-size must be a positive number of documents")
+        resolved.set("output.shard_size", app.shard_size, "--shard-size")
+    if app.eval_index:
+        if "://" not in app.eval_index and not os.path.exists(app.eval_index):
+            raise UserError(f"evaluation index {app.eval_index!r} not found; build one with `build-m3w eval-index`")
+        resolved.set("decontamination.index", app.eval_index, "--eval-index")
+    if app.fetch_images:
+        resolved.set("images.fetch", True, "--fetch-images")
+
+
 def _check_eval_index(cfg: Any) -> None:
     """Read the evaluation index now, so a wrong file is one line here, not a worker's traceback."""
     from dedup.eval_index import EvalIndex, EvalIndexError, load_embedder
@@ -174,24 +195,9 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     try:
         resolved = resolve_config(app.m3w_config, app.preset)
         cfg = resolved.config
+        _apply_flags(app, resolved)
     except ConfigError as e:
         raise UserError(str(e)) from None
-    if app.format:
-        formats = [f.strip() for f in app.format.split(",") if f.strip()]
-        bad = [f for f in formats if f not in ("wds", "parquet")]
-        if bad:
-            raise UserError(f"unknown output format {bad[0]!r}; use --format wds, parquet or wds,parquet")
-        cfg.output.formats = formats
-    if app.shard_size is not None:
-        if app.shard_size < 1:
-            raise UserError("--shard-size must be a positive number of documents")
-        cfg.output.shard_size = app.shard_size
-    if app.eval_index:
-        if "://" not in app.eval_index and not os.path.exists(app.eval_index):
-            raise UserError(f"evaluation index {app.eval_index!r} not found; build one with `build-m3w eval-index`")
-        cfg.decontamination.index = app.eval_index
-    if app.fetch_images:
-        cfg.images.fetch = True
     if cfg.decontamination.index:
         _check_eval_index(cfg)
     try:

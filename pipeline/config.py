@@ -685,6 +685,17 @@ class ResolvedConfig:
     def source(self, key: str) -> str:
         return self.sources.get(key, "default")
 
+    def set(self, key: str, value: Any, source: str) -> None:
+        """``section.key = value`` from ``source`` (a command-line flag), checked as the file's are."""
+        section, name = key.split(".", 1)
+        hint = typing.get_type_hints(_sections()[section], include_extras=True)[name]
+        try:
+            checked = _check(value, hint, key)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        setattr(getattr(self.config, section), name, checked)
+        self.sources[key] = source
+
 
 def resolve_config(path: str | None = None, preset: str | None = None) -> ResolvedConfig:
     """The preset (``preset``, else the file's ``preset:`` key, else m3w) with the keys of the
@@ -735,4 +746,7 @@ def dump_config(cfg: Config, resolved: ResolvedConfig | None = None) -> str:
     if resolved.file:
         changed = sorted(k for k, v in resolved.sources.items() if v == resolved.file)
         head.append(f"# overridden by {resolved.file}: {', '.join(changed) if changed else 'no keys'}")
+    flags = sorted(f"{k} ({v})" for k, v in resolved.sources.items() if v.startswith("--"))
+    if flags:
+        head.append(f"# set by flags: {', '.join(flags)}")
     return "\n".join(head) + "\n" + body

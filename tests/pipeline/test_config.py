@@ -410,13 +410,24 @@ def test_the_resolved_config_beside_the_outputs_names_its_preset(tmp_path):
     override = tmp_path / "mine.yaml"
     override.write_text("images:\n  min_side: 100\n")
     out = tmp_path / "out"
-    argv = ["build", "--input", SAMPLE, "--output", str(out), "--preset", "mmc4", "--config", str(override), "--direct_running_mode=in_memory"]
-    assert build_m3w(argv) == 0
+    argv = ["build", "--input", SAMPLE, "--output", str(out), "--preset", "mmc4", "--config", str(override), "--shard-size", "2"]
+    assert build_m3w([*argv, "--direct_running_mode=in_memory"]) == 0
     text = (out / "config.yaml").read_text()
     assert text.splitlines()[0] == "# m3w build config: preset mmc4 (presets/mmc4.yaml)"
     assert text.splitlines()[1] == f"# overridden by {override}: images.min_side"
+    assert text.splitlines()[2] == "# set by flags: output.shard_size (--shard-size)"
     cfg = load_config(str(out / "config.yaml"))
-    assert cfg.preset == "mmc4" and cfg.images.min_side == 100 and cfg == load_config(str(override), "mmc4")
+    assert cfg.preset == "mmc4" and cfg.images.min_side == 100 and cfg.output.shard_size == 2
+    expected = load_config(str(override), "mmc4")
+    expected.output.shard_size = 2
+    assert cfg == expected
+
+
+def test_flags_are_checked_by_the_config_rules(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert build_m3w(["build", "--input", SAMPLE, "--output", out, "--format", "wds,wds"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "build-m3w: error: --format: config key output.formats: 'wds' is listed twice; list each item once"
 
 
 LONG_PYDOCS = ["functions", "re", "codecs", "argparse", "sqlite3", "ctypes", "multiprocessing", "ssl", "decimal", "logging"]
