@@ -8,12 +8,14 @@ import io
 import json
 import os
 
+import pytest
 import webdataset as wds
 import yaml
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from pipeline.cli import main as build_m3w
+from pipeline.fetch import ARCHIVE_DIR, ARCHIVE_NAME
 from tests.conftest import REPO
 from tests.pipeline.test_fetch import IMAGE, Server
 
@@ -142,3 +144,39 @@ def test_a_page_with_5000_images_costs_only_the_requests_it_can_keep(tmp_path):
         report = json.load(f)
     assert report["counters"]["fetch.skipped_over_cap"] == 5000 - 41
     assert report["dropped"]["fetch"]["skipped_over_cap"] == 5000 - 41  # listed with the drops in the funnel
+
+
+def _cleanup_owns_the_archive() -> bool:
+    from pipeline import outputs
+
+    return ARCHIVE_DIR in outputs.OWNED_DIRS
+
+
+@pytest.mark.skipif(not _cleanup_owns_the_archive(), reason="the stale-file cleanup (pipeline/outputs.py) does not list fetched/ yet")
+def test_a_rerun_leaves_exactly_its_own_archive(tmp_path):
+    """fetched/ after a rerun into the same output holds the new run's archive only (plus any
+    file of another name, which m3w never deletes)."""
+    server = Server()
+    try:
+        crawl = str(tmp_path / "crawl.warc.gz")
+        write_crawl(crawl, server.base)
+        cfg = yaml.safe_load((REPO / "tests" / "data" / "spine.yaml").read_text())
+        cfg["fetch"] = {"allowed_networks": ["127.0.0.1/32"], "timeout_s": 2.0, "per_host_rate": None, "retries": 0}
+        cfg_path = tmp_path / "m3w.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        out = str(tmp_path / "out")
+        archive = os.path.join(out, ARCHIVE_DIR)
+        names = []
+        for _ in range(2):
+            rc = build_m3w(["build", "--input", crawl, "--output", out, "--config", str(cfg_path), "--fetch-images",
+                            "--direct_running_mode=in_memory"])
+            assert rc == 0
+            names.append(sorted(os.listdir(archive)))
+            with open(os.path.join(archive, "notes.txt"), "w") as f:
+                f.write("mine")
+    finally:
+        server.close()
+    first, second = names
+    assert len(first) == 1 and ARCHIVE_NAME.match(first[0])
+    assert [n for n in second if n != "notes.txt"] != first and len(second) == 2 and "notes.txt" in second
+    assert server.hits["/img/harbour.jpg"] == 2  # fetched again by the rerun: its archive is the new one
