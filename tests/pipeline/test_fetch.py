@@ -38,6 +38,8 @@ IMAGE = _jpeg()
 class _QuietServer(ThreadingHTTPServer):
     """A client hanging up mid-body (the fetcher's byte cap, its timeout) is expected here."""
 
+    request_queue_size = 128  # the default 5 drops SYNs of a burst: the client's retransmit adds 1 s
+
     def handle_error(self, request, client_address):
         import sys
 
