@@ -272,6 +272,15 @@ def fetch(urls, config=None, resolver=None):
         engine.close()
 
 
+def _eventually(cond, within: float = 3.0) -> bool:
+    end = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_images_are_fetched_with_our_user_agent(server):
     (res,) = fetch([server.base + "/img/a.jpg"])
     assert res.ok and res.status == 200 and res.body == IMAGE and res.ip == "127.0.0.1"
@@ -322,7 +331,8 @@ def test_slow_responses_time_out_and_are_retried(server):
     slow, drip = fetch([server.base + "/slow.jpg", server.base + "/drip.jpg"], cfg(retries=1))
     elapsed = time.monotonic() - t
     assert (slow.reason, drip.reason) == ("timeout", "timeout")
-    assert slow.attempts == drip.attempts == 2 and server.hits["/slow.jpg"] == 2
+    assert slow.attempts == drip.attempts == 2
+    assert _eventually(lambda: server.hits["/slow.jpg"] == 2)  # the server may log the retry after we gave up on it
     assert elapsed < 2.5  # a dripping body is cut at the per-attempt deadline, not per byte
 
 
@@ -388,17 +398,24 @@ def test_a_dns_lookup_that_hangs_times_out_with_the_attempt(server):
     assert time.monotonic() - t < 1.5  # two 0.3 s attempts and a backoff, not the resolver's 3 s
 
 
+def assert_paced(starts: list[float], n: int, interval: float) -> None:
+    """``n`` requests seen by the server no faster than one per ``interval``. Judged on the span
+    from the first to the last: the server stamps a request when its thread runs, and on a loaded
+    host one stamp can lag by a few hundred ms, which makes a single gap look short; requests that
+    skip the limiter collapse the span."""
+    starts = sorted(starts)
+    assert len(starts) >= n, starts
+    assert starts[-1] - starts[0] >= 0.75 * (n - 1) * interval, np.round(np.diff(starts), 3)
+
+
 def test_per_host_rate_limit_is_observed(server):
     rate = 10.0
     urls = [f"{server.base}/rate/{i}.jpg" for i in range(6)]
     t = time.monotonic()
-    got = fetch(urls, cfg(per_host_rate=rate, per_host_concurrency=4))
+    got = fetch(urls, cfg(per_host_rate=rate, per_host_concurrency=4, timeout_s=2.0))
     elapsed = time.monotonic() - t
     assert all(r.ok for r in got)
-    starts = sorted(ts for ts, path in server.times)  # robots.txt + 6 images
-    gaps = np.diff(starts)
-    assert len(starts) == 7
-    assert gaps.min() >= 0.7 / rate, gaps  # seen by the server: connection set-up jitter on a loaded host; an unlimited request shows ~0
+    assert_paced([ts for ts, _ in server.times], 7, 1 / rate)  # robots.txt + 6 images
     assert elapsed >= 6 / rate - 0.05
 
 
@@ -420,21 +437,18 @@ def test_per_host_rate_holds_for_redirect_targets(server):
     finally:
         cdn.close()
     assert all(r.ok for r in got) and {r.final_url for r in got} == {f"{cdn.base}/rate/{i}.jpg" for i in range(6)}
-    starts = sorted(ts for ts, _ in cdn.times)
-    assert len(starts) == 7  # robots.txt + 6 images
-    assert np.diff(starts).min() >= 0.7 / rate, np.diff(starts)
+    assert_paced([ts for ts, _ in cdn.times], 7, 1 / rate)  # robots.txt + 6 images
 
 
 def test_robots_crawl_delay_and_retry_after_are_honoured():
     s = Server(robots=b"User-agent: *\nCrawl-delay: 0.3\n")
     try:
-        got = fetch([f"{s.base}/rate/{i}.jpg" for i in range(3)], cfg(per_host_rate=None))
-        busy = fetch([s.base + "/busy.jpg"], cfg(per_host_rate=None, backoff_s=0.01))
+        got = fetch([f"{s.base}/rate/{i}.jpg" for i in range(3)], cfg(per_host_rate=None, timeout_s=2.0))
+        busy = fetch([s.base + "/busy.jpg"], cfg(per_host_rate=None, backoff_s=0.01, timeout_s=2.0))
     finally:
         s.close()
     assert all(r.ok for r in got) and busy[0].ok and busy[0].attempts == 2
-    starts = [ts for ts, path in s.times if path.startswith("/rate/")]
-    assert np.diff(starts).min() >= 0.3 - 0.02
+    assert_paced([ts for ts, path in s.times if path.startswith("/rate/")], 3, 0.3)
     busy_starts = [ts for ts, path in s.times if path == "/busy.jpg"]
     assert busy_starts[1] - busy_starts[0] >= 1.0 - 0.02
 
@@ -641,7 +655,7 @@ def test_every_trickle_ends_at_the_attempt_deadline():
     try:
         got = fetch(list(urls.values()), cfg(timeout_s=timeout, retries=0, respect_robots=False, concurrency=len(urls)))
         elapsed = time.monotonic() - t
-        time.sleep(0.3)  # let the servers see the hang-ups
+        assert _eventually(lambda: all(s.held for s in servers.values()))  # every server saw its hang-up
     finally:
         for s in servers.values():
             s.close()
@@ -716,9 +730,7 @@ def test_a_redirect_to_the_same_host_waits_for_its_rate_slot(server):
     rate = 10.0
     got = fetch([f"{server.base}/redirect-ok.jpg?{i}" for i in range(3)], cfg(per_host_rate=rate, timeout_s=2.0))
     assert all(r.ok and r.final_url.endswith("/img/target.jpg") for r in got)
-    starts = sorted(ts for ts, _ in server.times)
-    assert len(starts) == 7  # robots.txt + 3 redirects + 3 targets
-    assert np.diff(starts).min() >= 0.7 / rate, np.diff(starts)
+    assert_paced([ts for ts, _ in server.times], 7, 1 / rate)  # robots.txt + 3 redirects + 3 targets
 
 
 def test_every_gzip_member_is_decoded(server):
