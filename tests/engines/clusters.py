@@ -156,7 +156,9 @@ def _wait(what: str, ready, timeout: float, logs: Path) -> None:
 
 
 def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:  # 127.0.0.1 only: the cluster started here
+    # 127.0.0.1 only, the cluster started here: never through a proxy the environment names.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as r:
         return json.load(r)
 
 
