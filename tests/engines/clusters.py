@@ -78,13 +78,20 @@ def job_server_jar(artifact: str, env_var: str) -> Path:
     jar = jars / f"{artifact_id}-{version}.jar"
     if jar.is_file():
         return jar
+    # A refusal is remembered for a day, so that every test session does not ask Maven again.
+    refused = jars / f"{artifact_id}-{version}.refused"
+    if refused.is_file() and time.time() - refused.stat().st_mtime < 24 * 3600:
+        raise EngineUnavailable(refused.read_text())
     cmd = ["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={jars}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0 or not jar.is_file():
         said = proc.stdout + proc.stderr
         if "Could not find artifact" in said or "was not found in" in said:
-            raise EngineUnavailable(f"Maven Central does not serve {artifact} here (`{' '.join(cmd)}`: not found); "
-                                    f"set {env_var} to a job server jar for Beam {BEAM_VERSION}")
+            why = (f"Maven Central does not serve {artifact} here (`{' '.join(cmd)}`: not found); "
+                   f"set {env_var} to a job server jar for Beam {BEAM_VERSION}")
+            jars.mkdir(parents=True, exist_ok=True)
+            refused.write_text(why)
+            raise EngineUnavailable(why)
         lines = [ln.replace("\x1b[0m", "").strip() for ln in said.splitlines() if "ERROR" in ln]
         first = lines[0] if lines else f"exit code {proc.returncode}"
         raise EngineUnavailable(f"`{' '.join(cmd)}` failed: {first[:300]} (or set {env_var} to the jar)")
