@@ -11,7 +11,9 @@ from tests.conftest import REPO
 SAMPLE = REPO / "samples" / "demo.warc.gz"
 
 # Runs build-m3w in a fresh interpreter whose audit hook records every sign of Prism: its module
-# being imported, a download from Beam's release pages, or a prism process being started.
+# being imported, a download from Beam's release pages, or a prism process being started. The
+# download and the start are also refused, so no run here reaches the network (Beam then falls
+# back to its FnApiRunner, as it does where the download is unreachable).
 _WATCHED_BUILD = r"""
 import json, sys
 events = []
@@ -20,8 +22,10 @@ def hook(event, args):
         events.append("import prism_runner")
     elif event == "urllib.Request" and "github.com/apache/beam" in str(args[0]):
         events.append("download " + str(args[0]))
+        raise OSError("no network in tests")
     elif event == "subprocess.Popen" and "prism" in str(args[1]):
         events.append("start " + str(args[1]))
+        raise OSError("no Prism in tests")
 sys.addaudithook(hook)
 from pipeline.cli import main
 rc = main(sys.argv[2:])
@@ -56,4 +60,5 @@ def test_users_direct_runner_tries_prism_as_beam_does(tmp_path):
     got, stderr = watched_build(tmp_path, "--runner=DirectRunner")
     assert got["rc"] == 0
     assert "import prism_runner" in got["prism"]
+    assert any(e.startswith(("download ", "start ")) for e in got["prism"]), got["prism"]
     assert "build-m3w: engine: Beam DirectRunner (Beam chooses Prism or its FnApiRunner)" in stderr
