@@ -33,12 +33,13 @@ rebuilt from the archive without fetching again (pass ``<output>/fetched/*.warc.
 records are stored under the URL the pages reference, the final URL of a redirect in the
 ``M3W-Final-URI`` field). Only the standard library, warcio and protego.
 
-A redirect to another host (a CDN) waits for that host's request slot, so the per-host rate holds
-for redirect targets too (their concurrency is not counted). DNS lookups use the system resolver
-within the attempt's timeout: a lookup that outlasts it fails the attempt (``timeout``, retried)
-without waiting for the resolver. Known limits: the archive is written with local file operations
-(``archive_dir`` must be a local or mounted path). Leftover ``*.tmp-*`` files are bundles that
-failed and were retried.
+Every redirect hop waits for its host's request slot (the same host's or a CDN's), so the
+per-host rate holds for redirects too (their concurrency is not counted). DNS lookups use the
+system resolver within the attempt's timeout: a lookup that outlasts it fails the attempt
+(``timeout``, retried) without waiting for the resolver. Known limits: the archive is written
+with local file operations (``archive_dir`` must be a local or mounted path); leftover
+``*.tmp-*`` files are bundles that failed and were retried. An IPv4 behind an operator's own
+NAT64 prefix (RFC 6052 network-specific prefixes) cannot be told from a global IPv6 address.
 """
 from __future__ import annotations
 

@@ -36,19 +36,30 @@ def write_crawl(path: str, image_base: str) -> None:
         w.write_record(w.create_warc_record(PAGE_URL, "response", payload=io.BytesIO(html), http_headers=headers))
 
 
+def spine_config(tmp_path, **sections) -> str:
+    """tests/data/spine.yaml (keep everything) fetching from 127.0.0.1 fast, with ``sections``
+    merged in; the path of the written file."""
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "spine.yaml").read_text())
+    cfg["fetch"] = {"allowed_networks": ["127.0.0.1/32"], "timeout_s": 2.0, "per_host_rate": None, "retries": 0}
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    path = tmp_path / "m3w.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def build_fetching(crawl: str, out: str, cfg_path: str) -> int:
+    return build_m3w(["build", "--input", crawl, "--output", out, "--config", cfg_path, "--fetch-images",
+                      "--direct_running_mode=in_memory"])
+
+
 def test_build_fetches_missing_images_politely_and_archives_them(tmp_path):
     server = Server()
     try:
         crawl = str(tmp_path / "crawl.warc.gz")
         write_crawl(crawl, server.base)
-        cfg = yaml.safe_load((REPO / "tests" / "data" / "spine.yaml").read_text())
-        cfg["fetch"] = {"allowed_networks": ["127.0.0.1/32"], "timeout_s": 2.0, "per_host_rate": None, "retries": 0}
-        cfg_path = tmp_path / "m3w.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
         out = str(tmp_path / "out")
-        rc = build_m3w(["build", "--input", crawl, "--output", out, "--config", str(cfg_path), "--fetch-images",
-                        "--direct_running_mode=in_memory"])
-        assert rc == 0
+        assert build_fetching(crawl, out, spine_config(tmp_path)) == 0
     finally:
         server.close()
 
@@ -109,18 +120,11 @@ def test_a_page_with_5000_images_costs_only_the_requests_it_can_keep(tmp_path):
             headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
             offsets[url] = f.tell()
             w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(html), http_headers=headers))
-    cfg = yaml.safe_load((REPO / "tests" / "data" / "spine.yaml").read_text())
-    cfg["images"].update(min_side=64, max_aspect_ratio=3.0, url_keywords=["thumbs"], max_images_per_doc=30)
-    cfg["extract"] = {"main_content": False}
-    cfg["fetch"] = {"allowed_networks": ["127.0.0.1/32"], "timeout_s": 5.0, "per_host_rate": None, "retries": 0,
-                    "candidate_margin": 10}
-    cfg_path = tmp_path / "m3w.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    cfg_path = spine_config(tmp_path, images=dict(min_side=64, max_aspect_ratio=3.0, url_keywords=["thumbs"], max_images_per_doc=30),
+                            extract={"main_content": False}, fetch={"timeout_s": 5.0, "candidate_margin": 10})
     out = str(tmp_path / "out")
     try:
-        rc = build_m3w(["build", "--input", crawl, "--output", out, "--config", str(cfg_path), "--fetch-images",
-                        "--direct_running_mode=in_memory"])
-        assert rc == 0
+        assert build_fetching(crawl, out, cfg_path) == 0
     finally:
         server.close()
 
@@ -160,17 +164,12 @@ def test_a_rerun_leaves_exactly_its_own_archive(tmp_path):
     try:
         crawl = str(tmp_path / "crawl.warc.gz")
         write_crawl(crawl, server.base)
-        cfg = yaml.safe_load((REPO / "tests" / "data" / "spine.yaml").read_text())
-        cfg["fetch"] = {"allowed_networks": ["127.0.0.1/32"], "timeout_s": 2.0, "per_host_rate": None, "retries": 0}
-        cfg_path = tmp_path / "m3w.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
+        cfg_path = spine_config(tmp_path)
         out = str(tmp_path / "out")
         archive = os.path.join(out, ARCHIVE_DIR)
         names = []
         for _ in range(2):
-            rc = build_m3w(["build", "--input", crawl, "--output", out, "--config", str(cfg_path), "--fetch-images",
-                            "--direct_running_mode=in_memory"])
-            assert rc == 0
+            assert build_fetching(crawl, out, cfg_path) == 0
             names.append(sorted(os.listdir(archive)))
             with open(os.path.join(archive, "notes.txt"), "w") as f:
                 f.write("mine")
