@@ -234,60 +234,165 @@ class WriteShards(beam.PTransform):
         )
 
 
-class WriteSortedJsonLines(beam.PTransform):
-    """PCollection[list[str]] (batches of JSON lines) → ``<prefix>-NNNNN-of-MMMMM.jsonl`` files,
-    lines sorted, each line in file ``stable_hash(line) % files``.
+BUCKET_BITS = 10
+LINE_BUCKETS = 1 << BUCKET_BITS  # hash ranges a spilled run is indexed by; the most files one output can have
 
-    Used for rejects and the decontamination report: deterministic names and contents. Lines
-    travel in batches (a stage's rejects of one bundle, say) so that the count, the file
-    assignment and the shuffle handle one element per batch and file, not one per line.
+
+def _line_key(line: str) -> tuple[int, str]:
+    """Order of lines in their files: by stable hash, then by text. A file holds one contiguous
+    range of hashes, so each spilled run holds its part of every file as one sorted stretch."""
+    return stable_hash(line), line
+
+
+def _bucket(h: int) -> int:
+    return h >> (64 - BUCKET_BITS)
+
+
+def lines_num_files(total: int, rows_per_file: int) -> int:
+    """Files for ``total`` lines: the power of two (≤ ``LINE_BUCKETS``) that keeps them near ``rows_per_file``."""
+    want = max(1, math.ceil(total / rows_per_file))
+    n = 1
+    while n < want and n < LINE_BUCKETS:
+        n *= 2
+    return n
+
+
+class _SpillLinesFn(beam.DoFn):
+    """Batches of lines → sorted runs in temporary files next to the output; yields one
+    (run path, lines, [(bucket, offset, length), ...]) per run. Lines wait in memory only up to
+    ``budget`` bytes per bundle: the run's data never travels through a shuffle."""
+
+    def __init__(self, output_dir: str, prefix: str, budget: int) -> None:
+        self.output_dir, self.prefix, self.budget = output_dir, prefix, budget
+
+    def start_bundle(self) -> None:
+        self._lines: list[tuple[int, str]] = []
+        self._bytes = 0
+
+    def process(self, batch: list[str]) -> Iterator[Any]:
+        for line in batch:
+            self._lines.append(_line_key(line))
+            self._bytes += len(line) + 80
+        if self._bytes >= self.budget:
+            yield self._flush()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        from apache_beam.transforms.window import GlobalWindows
+
+        if self._lines:
+            yield GlobalWindows.windowed_value(self._flush())
+
+    def _flush(self) -> tuple[str, int, list[tuple[int, int, int]]]:
+        self._lines.sort()
+        path = FileSystems.join(self.output_dir, f"{self.prefix}-run.tmp-{uuid.uuid4().hex}")
+        index: list[tuple[int, int, int]] = []
+        at = 0
+        with FileSystems.create(path, mime_type="application/octet-stream", compression_type="uncompressed") as f:
+            bucket, start, parts = -1, 0, []
+            for h, line in self._lines:
+                b = _bucket(h)
+                if b != bucket:
+                    if bucket >= 0:
+                        index.append((bucket, start, at - start))
+                    bucket, start = b, at
+                data = line.encode("utf-8", "surrogatepass") + b"\n"
+                parts.append(data)
+                at += len(data)
+                if len(parts) >= 4096:
+                    f.write(b"".join(parts))
+                    parts = []
+            f.write(b"".join(parts))
+            if bucket >= 0:
+                index.append((bucket, start, at - start))
+        n = len(self._lines)
+        self._lines, self._bytes = [], 0
+        return path, n, index
+
+
+def _run_lines(path: str, offset: int, length: int) -> Iterator[tuple[tuple[int, str], bytes]]:
+    """The lines of one stretch of a run, as (sort key, bytes), read 1 MB at a time."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.seek(offset)
+        left, rest = length, b""
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for raw in lines:
+                yield _line_key(raw.decode("utf-8", "surrogatepass")), raw
+
+
+class WriteSortedJsonLines(beam.PTransform):
+    """PCollection[list[str]] (batches of JSON lines) → ``<prefix>-NNNNN-of-MMMMM.jsonl`` files.
+
+    Used for rejects and the decontamination report: deterministic names and contents. ``M`` is
+    the power of two that keeps files near ``rows_per_file`` lines; file ``i`` holds the lines
+    whose ``stable_hash`` lies in the ``i``-th of ``M`` equal ranges, ordered by (hash, line).
+    No shuffle carries the lines: each bundle spills them to sorted runs (temporary files next to
+    the output, ``<prefix>-run.tmp-<hex>``, bounded memory); only the runs' names and indexes are
+    shuffled, and each file's writer merges its stretch of every run, then the runs are deleted.
+    So memory is flat in the number of lines on every runner, the local one included.
     """
 
-    def __init__(self, output_dir: str, prefix: str, rows_per_file: int = 100_000) -> None:
+    def __init__(self, output_dir: str, prefix: str, rows_per_file: int = 100_000, spill_bytes: int = 32 << 20) -> None:
         super().__init__()
-        self.output_dir, self.prefix, self.rows_per_file = output_dir, prefix, rows_per_file
+        self.output_dir, self.prefix, self.rows_per_file, self.spill_bytes = output_dir, prefix, rows_per_file, spill_bytes
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         per_file = self.rows_per_file
-        n_files = (
-            batches
-            | "CountLines" >> beam.Map(len)
-            | "Total" >> beam.CombineGlobally(sum)
-            | "NumFiles" >> beam.Map(lambda n: max(1, math.ceil(n / per_file)))
-        )
-        side = beam.pvalue.AsSingleton(n_files)
+        folder, _, stem = f"{self.output_dir.rstrip('/')}/{self.prefix}".rpartition("/")
+        runs = batches | "SpillSortedRuns" >> beam.ParDo(_SpillLinesFn(folder, stem, self.spill_bytes))
+        total = runs | "CountLines" >> beam.Map(lambda r: r[1]) | "Total" >> beam.CombineGlobally(sum)
+        n_files = total | "NumFiles" >> beam.Map(lambda n: lines_num_files(n, per_file) if n else 0)
+        runs_side = beam.pvalue.AsList(runs | "RunIndexes" >> beam.Map(lambda r: (r[0], r[2])))
         out, prefix = self.output_dir, self.prefix
 
-        def assign(batch: list[str], n: int) -> Iterator[tuple[int, list[str]]]:
-            per: dict[int, list[str]] = {}
-            for line in batch:
-                per.setdefault(stable_hash(line) % n, []).append(line)
-            yield from per.items()
+        def write(index: int, total_files: int, all_runs: list) -> str:
+            import heapq
 
-        def write(element: tuple[int, Iterable[list[str]]], total: int) -> str:
-            index, groups = element
-            spill = _SortedSpill()
-            try:
-                for group in groups:
-                    for line in group:
-                        spill.add(line, line)
-                path = FileSystems.join(out, f"{prefix}-{index:05d}-of-{total:05d}.jsonl")
+            per = LINE_BUCKETS // total_files
+            streams = []
+            for path, spans in sorted(all_runs):
+                # a run is sorted by hash: this file's buckets are one stretch of it
+                mine = [(offset, offset + length) for bucket, offset, length in spans if bucket // per == index]
+                if mine:
+                    streams.append(_run_lines(path, mine[0][0], mine[-1][1] - mine[0][0]))
+            name = FileSystems.join(out, f"{prefix}-{index:05d}-of-{total_files:05d}.jsonl")
 
-                def fn(f: Any) -> None:
-                    for line in spill.sorted():
-                        f.write(line.encode("utf-8", "surrogatepass") + b"\n")
+            def fn(f: Any) -> None:
+                buf = []
+                for _, raw in heapq.merge(*streams):
+                    buf.append(raw + b"\n")
+                    if len(buf) >= 4096:
+                        f.write(b"".join(buf))
+                        buf = []
+                f.write(b"".join(buf))
 
-                atomic_write(path, fn)
-            finally:
-                spill.close()
-            return path
+            atomic_write(name, fn)
+            return name
 
-        return (
-            batches
-            | "AssignFile" >> beam.FlatMap(assign, n=side)
-            | "GroupByFile" >> beam.GroupByKey()
-            | "WriteFile" >> beam.Map(write, total=side)
+        def delete_runs(_: Any, all_runs: list) -> None:
+            paths = [path for path, _ in all_runs]
+            if paths:
+                FileSystems.delete(paths)
+
+        written = (
+            n_files
+            | "FileIndexes" >> beam.FlatMap(lambda n: range(n))
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "WriteFile" >> beam.Map(write, total_files=beam.pvalue.AsSingleton(n_files), all_runs=runs_side)
         )
+        _ = (
+            written
+            | "AllWritten" >> beam.combiners.Count.Globally()
+            | "DeleteRuns" >> beam.Map(delete_runs, all_runs=runs_side)
+        )
+        return written
 
 
 def read_manifest(output_dir: str) -> dict[str, Any]:
