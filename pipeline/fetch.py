@@ -1034,7 +1034,8 @@ def screen_candidates(doc: Document, images: ImageConfig, cfg: FetchConfig) -> I
 
 class _ChooseCandidatesFn(beam.DoFn):
     """(url, {"missing": [None] or [], "refs": [(reason, doc_id, page url, warc, offset), ...]}) →
-    the URL to fetch (main) when one citing document may keep it, else a Reject (``rejects``)."""
+    (url, (warc, offset) of the first page that may keep it) to fetch (main) when one citing
+    document may keep it, else a Reject (``rejects``) with the first citing page's location."""
 
     def __init__(self) -> None:
         self._skipped = {r: Metrics.counter("m3w", f"{STAGE}.skipped_{r}") for r in SKIP_REASONS}
@@ -1044,8 +1045,10 @@ class _ChooseCandidatesFn(beam.DoFn):
         if not list(groups["missing"]):
             return  # the crawl has it: nothing to fetch
         refs = list(groups["refs"])
-        if not refs or any(not r[0] for r in refs):
-            yield url
+        wanting = [r for r in refs if not r[0]]
+        if wanting or not refs:
+            first = min(wanting, key=lambda r: r[1]) if wanting else ("", "", "", "", -1)
+            yield url, (first[3], first[4])
             return
         reason, _, page_url, warc, offset = min(refs, key=lambda r: r[1])  # the first citing page by id
         self._skipped[reason].inc()
@@ -1066,7 +1069,8 @@ def _screened_refs(doc: Document, images: ImageConfig, cfg: FetchConfig):
 
 
 class _FetchFn(beam.DoFn):
-    """(host key, [url, ...]) → ImageRecord (main) + Reject (``rejects``)."""
+    """(host key, [(url, (warc, offset) of a citing page), ...]) → ImageRecord (main) + Reject
+    (``rejects``, located at the citing page)."""
 
     def __init__(self, cfg: FetchConfig, archive_dir: str):
         self._cfg = cfg
@@ -1080,6 +1084,7 @@ class _FetchFn(beam.DoFn):
 
     def setup(self):
         self._engine = FetchEngine(self._cfg)  # robots.txt cache lives as long as the worker
+        self._where: dict[str, tuple[str, int]] = {}  # submitted URL -> citing page (WARC file, offset)
 
     def start_bundle(self):
         self._archive = WarcArchive(self._archive_dir)
@@ -1087,12 +1092,13 @@ class _FetchFn(beam.DoFn):
         self._robots_seen = self._engine.fetcher.robots_requests
 
     def _emit(self, res: FetchResult):
+        warc, offset = self._where.pop(res.url, ("", -1))  # the citing page, for rejects
         if res.reason in self._skipped:
             self._skipped[res.reason].inc()
-            return pvalue.TaggedOutput("rejects", Reject.of(STAGE, f"skipped_{res.reason}", None, res.url, res.detail))
+            return pvalue.TaggedOutput("rejects", Reject(STAGE, f"skipped_{res.reason}", res.url, warc, offset, res.detail))
         if not res.ok:
             self._dropped[res.reason].inc()
-            return pvalue.TaggedOutput("rejects", Reject.of(STAGE, res.reason, None, res.url, res.detail))
+            return pvalue.TaggedOutput("rejects", Reject(STAGE, res.reason, res.url, warc, offset, res.detail))
         prov = self._archive.write(res)
         self._ok.inc()
         self._bytes.inc(len(res.body))
@@ -1102,9 +1108,12 @@ class _FetchFn(beam.DoFn):
         return rec
 
     def process(self, element):
-        _, urls = element
-        # one request per distinct normalised URL (the build hands over distinct keys already)
-        for url in {normalize_url(u): u for u in reversed(list(urls))}.values():
+        _, candidates = element
+        distinct: dict[str, tuple[str, tuple[str, int]]] = {}
+        for url, where in candidates:  # one request per distinct normalised URL
+            distinct.setdefault(normalize_url(url), (url, where))
+        for url, where in distinct.values():
+            self._where[url] = where
             self._engine.submit(url)
             while self._engine.pending > 4 * self._cfg.concurrency:  # bound memory per bundle
                 for res in self._engine.results(block=False):
@@ -1140,8 +1149,8 @@ class FetchImages(beam.PTransform):
 
     Given the documents, only candidates the image stage could keep are requested: per document
     the first ``candidate_window`` images in DOM order that pass ``skip_reason``; the rest are
-    rejects ``skipped_<reason>`` with the citing page's provenance. Duplicate URLs are fetched
-    once. URLs are grouped by host, so each host's politeness limits and request budget hold
+    rejects ``skipped_<reason>``. Every reject is located at a citing page (its WARC file and
+    offset; none for bare URLs). Duplicate URLs are fetched once. URLs are grouped by host, so each host's politeness limits and request budget hold
     across the whole run, not per worker. Each image's provenance points at its response record
     in a WARC file under ``archive_dir``.
     """
@@ -1167,10 +1176,10 @@ class FetchImages(beam.PTransform):
             urls = chosen.urls
             skipped.append(chosen.rejects)
         else:
-            urls = pcoll
+            urls = pcoll | "NoCitingPage" >> beam.Map(lambda u: (u, ("", -1)))
         fetched = (
             urls
-            | "KeyUrlsByHost" >> beam.Map(lambda u: (host_key(u), u))
+            | "KeyUrlsByHost" >> beam.Map(lambda c: (host_key(c[0]), c))
             | "GroupUrlsByHost" >> beam.GroupByKey()
             | "FetchPolitely" >> beam.ParDo(_FetchFn(self._cfg, self._archive_dir)).with_outputs("rejects", main="images")
         )

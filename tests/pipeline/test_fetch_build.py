@@ -79,10 +79,10 @@ def test_build_fetches_missing_images_politely_and_archives_them(tmp_path):
             opener = gzip.open if path.endswith(".gz") else open
             with opener(path, "rt") as f:
                 rejects += [json.loads(line) for line in f if line.strip()]
-    fetch_rejects = sorted((r["reason"], r["url"]) for r in rejects if r["stage"] == "fetch")
-    assert fetch_rejects == [
-        ("robots_disallowed", server.base + "/private/boats.jpg"),
-        ("x_robots_tag", server.base + "/noai.jpg"),
+    fetch_rejects = sorted((r["reason"], r["url"], r["warc_filename"], r["warc_record_offset"]) for r in rejects if r["stage"] == "fetch")
+    assert fetch_rejects == [  # located at the page that cites them
+        ("robots_disallowed", server.base + "/private/boats.jpg", crawl, 0),
+        ("x_robots_tag", server.base + "/noai.jpg", crawl, 0),
     ]
 
 
