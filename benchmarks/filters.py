@@ -17,11 +17,8 @@ Timed, in the same process and on the same documents:
   None, so every document reaches the paragraph and document checks);
 - reference chain: the same checks measured text by text on ``TextStats`` (the Python definitions
   ``build-m3w explain`` prints), with the same verdicts — what compiling the chain gains.
-Reported: documents/s for each, and chain time / anchor time; then the same per source; then
-the language detectors compared: CPU time per document, the share of mostly French/German
-handbook pages each drops at ``min_score`` 0.6 (mostly = py3langid reads at least half of the
-page's paragraph text as fr/de, paragraph by paragraph), and the share of the all-English Python
-reference pages and of the article-benchmark pages read as English it keeps.
+Reported: documents/s for each, and chain time / anchor time; then the same per source. The
+language detectors are compared by ``benchmarks/langid.py``.
 """
 from __future__ import annotations
 
@@ -89,7 +86,8 @@ def _time(fn, docs: list[Document], rounds: int) -> float:
 def reference_filter(doc: Document, cfg: Config) -> tuple[Document | None, list]:
     """``filter_document`` through the Python measures (``TextStats``) check by check."""
     tf = cfg.text_filters
-    lang, score = langid.detect([t for t in doc.texts if t], cfg.language.detector)
+    lc = cfg.language
+    lang, score = langid.detect(doc.texts, lc.detector, lc.keep, lc.min_score)
     if F.language_reason(lang, score, cfg.language):
         return None, []
     node_cs, doc_cs = F.configured_checks(tf)
@@ -104,7 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap.add_argument("--no-detectors", action="store_true", help="skip the language detector table")
     args = ap.parse_args(argv)
 
     docs = load_documents(Path(args.data))
@@ -113,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     no_lang = Config()
     no_lang.language.keep = None
     no_lang.language.min_score = None
-    langid.load(cfg.language.detector)
+    lc = cfg.language
+    langid.load(lc.detector)
     F.filter_document(docs[0], cfg)  # warm word lists
 
     def anchor(d: Document) -> None:
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "anchor: tokenize text nodes": _time(anchor, docs, args.rounds),
         "chain: filter_document, defaults": _time(lambda d: F.filter_document(d, cfg), docs, args.rounds),
-        "language ID alone": _time(lambda d: langid.detect([t for t in d.texts if t]), docs, args.rounds),
+        "language ID alone": _time(lambda d: langid.detect(d.texts, lc.detector, lc.keep, lc.min_score), docs, args.rounds),
         "compiled checks alone, every document (TextChain.run)": _time(lambda d: chain.run(node_texts[id(d)]), docs, args.rounds),
         "chain without language filter": _time(lambda d: F.filter_document(d, no_lang), docs, args.rounds),
         "reference chain (TextStats, check by check)": _time(lambda d: reference_filter(d, cfg), docs, args.rounds),
@@ -174,42 +172,6 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {len(group)} | {mean_chars:,.0f} | {len(group) / chain_s:,.0f} | "
             f"{len(group) / ref_s:,.0f} | {len(group) / anchor_g:,.0f} |"
         )
-
-    if not args.no_detectors:
-        print()
-        print(language_table(by_source, args.rounds))
-
-
-def _foreign_share(d: Document) -> float:
-    """Share of the page's paragraph text that py3langid (a different detector from the default)
-    reads as French or German, paragraph by paragraph."""
-    return langid.text_share(d.texts, ("fr", "de"), "py3langid")
-
-
-def language_table(by_source: dict[str, list[Document]], rounds: int) -> str:
-    handbook = [d for d in by_source.get("handbook", []) if "/fr-FR/" in d.url or "/de-DE/" in d.url]
-    foreign = [d for d in handbook if _foreign_share(d) >= 0.5]
-    pydocs, articles = by_source.get("pydocs", []), by_source.get("article_benchmark", [])
-    rows = [
-        "| detector | µs/document (CPU) | fr/de handbook pages dropped | Python docs kept | articles kept as en |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    lc = Config().language
-    for name in langid.DETECTORS:
-        langid.load(name)
-        docs = handbook + pydocs + articles
-
-        def ok(d: Document) -> bool:
-            lang, score = langid.detect([t for t in d.texts if t], name)
-            return lang == "en" and score >= lc.min_score
-
-        secs = _time(lambda d: langid.detect([t for t in d.texts if t], name), docs, max(1, rounds // 2))
-        dropped = sum(not ok(d) for d in foreign)
-        rows.append(
-            f"| {name} | {secs / len(docs) * 1e6:,.0f} | {dropped}/{len(foreign)} | "
-            f"{sum(map(ok, pydocs))}/{len(pydocs)} | {sum(map(ok, articles))}/{len(articles)} |"
-        )
-    return "\n".join(rows)
 
 
 def _source(d: Document) -> str:

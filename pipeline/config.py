@@ -254,10 +254,17 @@ class LanguageConfig:
 
     keep: Annotated[list[Language], Rule(nonempty=True, unique=True)] | None = field(default_factory=lambda: ["en"])  # None keeps every language
     # Score = share of the text's characters read as the detected language (pipeline/langid.py).
-    # 0.6 drops mixed-language pages (97% of the mostly French/German handbook pages) while keeping
-    # 94% of the code-heavy Python docs (docs/bench/filters.md). OBELICS: fastText probability >= 0.8.
-    min_score: Fraction | None = 0.6
-    detector: Detector = "resiliparse"  # or "py3langid": slower, better on short code-heavy text
+    # With the default detector, 0.8 keeps all 317 code-heavy Python docs pages (lowest 0.97) and
+    # drops 152 of the 156 mostly French/German handbook pages (benchmarks/langid.py).
+    # OBELICS: fastText probability >= 0.8 (a probability, not a share).
+    min_score: Fraction | None = 0.8
+    # resiliparse, re-read by CLD2 where it does not see a kept language; or resiliparse, cld2,
+    # fasttext (lid.176), py3langid alone (docs/FILTERS.md, "Language ID")
+    detector: Detector = "resiliparse+cld2"
+    # Paragraph level (OBELICS has one, off in its published config): text nodes of at least this
+    # many characters are identified one by one, and one read as a language outside `keep` (or
+    # under min_score) is dropped; shorter ones are too short to identify. None: off.
+    node_min_chars: Positive | None = None
 
 
 @dataclass

@@ -70,7 +70,8 @@ def explain_document(doc: Document, cfg: Config, resolved: ResolvedConfig | None
     if blocked:
         reason, detail = blocked
 
-    lang, score = langid.detect([t for t in doc.texts if t], cfg.language.detector)
+    lc = cfg.language
+    lang, score = langid.detect([t for t in doc.texts if t], lc.detector, lc.keep, lc.min_score)
     lang_reason = F.language_reason(lang, score, cfg.language)
     language = {
         "detected": lang,
@@ -91,6 +92,12 @@ def explain_document(doc: Document, cfg: Config, resolved: ResolvedConfig | None
             nodes.append({"index": i, "type": "image", "url": node.url, "verdict": "kept"})
             continue
         checks = _measure(node_checks, node.text, sources)
+        if cfg.language.node_min_chars is not None:  # paragraph language ID comes first
+            got = F.node_language(node.text, cfg.language)
+            fails = got is not None and F.language_reason(got[0], got[1], cfg.language) is not None
+            checks.insert(0, {"filter": F.NODE_LANGUAGE, "value": got and got[1], "language": got and got[0],
+                              "bound": "min", "threshold": cfg.language.min_score, "pass": not fails,
+                              "source": sources.get("language.node_min_chars", "default")})
         failed = next((c for c in checks if not c["pass"]), None)
         nodes.append(
             {

