@@ -14,8 +14,9 @@ Timed, in the same process and on the same documents:
   (lower-case, whitespace split, strip punctuation) — the least any word-based filter must do;
 - parts: language ID alone; the compiled checks alone (``TextChain.run`` on every document's
   text nodes, language ignored); the chain with language ID turned off (``keep``/``min_score``
-  None, so every document reaches the paragraph and document checks); the chain with OBELICS's
-  punctuation and common-word checks turned on (off by default);
+  None, so every document reaches the paragraph and document checks); the chain with the
+  ``obelics`` preset (OBELICS's paragraph and document checks, punctuation and common words
+  included);
 - reference chain: the same checks measured text by text on ``TextStats`` (the Python definitions
   ``build-m3w explain`` prints), with the same verdicts — what compiling the chain gains.
 Reported: documents/s for each, and chain time / anchor time; then the same per source. The
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from pipeline import filters as F
 from pipeline import langid
-from pipeline.config import Config
+from pipeline.config import Config, load_config
 from pipeline.extract import ExtractionError, extract_document
 from pipeline.records import Page
 from pipeline.warc import iter_warc
@@ -111,11 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     no_lang = Config()
     no_lang.language.keep = None
     no_lang.language.min_score = None
-    obelics = Config()  # the OBELICS punctuation and common-word checks on, at OBELICS's values
-    obelics.text_filters.node_min_punctuation_ratio = 0.001
-    obelics.text_filters.node_min_common_word_ratio = 0.8
-    obelics.text_filters.doc_min_punctuation_ratio = 0.03
-    obelics.text_filters.doc_min_common_word_ratio = 0.9
+    obelics = load_config(preset="obelics")  # every OBELICS check, punctuation and common words included
     lc = cfg.language
     langid.load(lc.detector)
     F.filter_document(docs[0], cfg)  # warm word lists
@@ -135,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         "language ID alone": _time(lambda d: langid.detect(d.texts, lc.detector, lc.keep, lc.min_score), docs, args.rounds),
         "compiled checks alone, every document (TextChain.run)": _time(lambda d: chain.run(node_texts[id(d)]), docs, args.rounds),
         "chain without language filter": _time(lambda d: F.filter_document(d, no_lang), docs, args.rounds),
-        "chain with OBELICS punctuation and common-word checks on": _time(
+        "chain, obelics preset": _time(
             lambda d: F.filter_document(d, obelics), docs, args.rounds
         ),
         "reference chain (TextStats, check by check)": _time(lambda d: reference_filter(d, cfg), docs, args.rounds),
