@@ -43,6 +43,8 @@ MODEL = [
     "tokenizers",
     "tensorboardX",
 ]
+# Few-shot evaluation (train-flamingo eval): the COCO caption toolkit's CIDEr (its tokenizer runs Java).
+EVAL = ["pycocoevalcap"]
 TEST = ["pytest", "pytest-timeout", "hypothesis", "datasketch", "torch", "transformers"]
 
 setup(
@@ -54,7 +56,7 @@ setup(
     package_data={"pipeline": ["*.yaml", "presets/*.yaml", "data/*"]},
     # Beam workers (--setup_file) install the pipeline's needs only; the trainer's come with [train].
     install_requires=PIPELINE,
-    extras_require={"train": MODEL, "test": MODEL + TEST},
+    extras_require={"train": MODEL, "eval": MODEL + EVAL, "test": MODEL + EVAL + TEST},
     # The text filter chain's hot path (pipeline/filters.py has the same measures in Python).
     ext_modules=[Extension("pipeline._textchain", ["pipeline/_textchain.c"])],
     entry_points={

@@ -740,26 +740,36 @@ def _tokenizer_main(argv: list[str]) -> int:
     return 0
 
 
-def load_run(run_dir: str, step: int | None = None):
-    """(model config, tokenizer, params) of a training run folder (latest checkpoint by default)."""
+def load_run(run_dir: str, step: int | None = None, mesh_shape: dict[str, int] | None = None,
+             with_trainer: bool = False):
+    """(model config, tokenizer, params) of a training run folder (latest checkpoint by default),
+    params laid out on a ``mesh_shape`` mesh as in training (default: one device); with
+    ``with_trainer`` also the Trainer that holds the mesh and shardings."""
     import jax
 
     from model.sharding import make_mesh
     from model.tokenizer import load_tokenizer
 
     run = Path(run_dir)
+    if not (run / "model_config.json").is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder (no model_config.json): pass the train --out folder")
     cfg = config_from_dict(json.loads((run / "model_config.json").read_text()))
     tc = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
     tok = load_tokenizer(run / "tokenizer.json")
-    mesh = make_mesh({"data": 1, "model": 1}, jax.devices()[:1])
+    if mesh_shape is None:
+        mesh = make_mesh({"data": 1, "model": 1}, jax.devices()[:1])
+    else:
+        n = mesh_shape["data"] * mesh_shape["model"]
+        mesh = make_mesh(mesh_shape, jax.devices()[:n])
     tc.out = str(run)
-    trainer = Trainer(cfg, dataclasses.replace(tc, rules=None), mesh, [d.kind for d in tc.datasets], tc.train_lm is not False)
+    train_lm = tc.lm_checkpoint is None if tc.train_lm is None else tc.train_lm  # as train() decides it
+    trainer = Trainer(cfg, dataclasses.replace(tc, rules=None), mesh, [d.kind for d in tc.datasets], train_lm)
     mgr = checkpoint_manager(str(run / "checkpoints"), tc)
     if mgr.latest_step() is None:
         raise SystemExit(f"train-flamingo: no checkpoint under {run / 'checkpoints'}")
     state, _ = restore_checkpoint(mgr, trainer.abstract_state, trainer.state_sharding, step)
     mgr.close()
-    return cfg, tok, state["params"]
+    return (cfg, tok, state["params"], trainer) if with_trainer else (cfg, tok, state["params"])
 
 
 def caption(run_dir: str, image_path: str, prompt: str = "", max_new_tokens: int = 20, beams: int = 1) -> str:
@@ -810,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
         return _tokenizer_main(argv[1:])
     if argv and argv[0] == "caption":
         return _caption_main(argv[1:])
+    if argv and argv[0] == "eval":
+        from model.eval.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     a = _train_parser().parse_args(argv)
     if a.distributed or a.coordinator:
         import jax
