@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import re
 import statistics
 import time
@@ -103,6 +104,32 @@ def ours(cfg: ExtractConfig, limits: LimitsConfig):
     return run
 
 
+def ours_guarded(cfg: ExtractConfig, limits: LimitsConfig):
+    """``ours`` through the watchdog (``GuardedExtractor``: the page goes to the extraction process
+    and its nodes come back), as ``ExtractDocuments`` and ``build-m3w extract`` run it."""
+    from pipeline.extract_guard import GuardedExtractor
+
+    ex = GuardedExtractor(cfg, limits)
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def run(html: str, url: str) -> tuple[str, list[str]]:
+        try:
+            nodes, _ = ex.extract_nodes(html, url)
+        except ExtractionError:
+            return "", []
+        text = "\n\n".join(n.text for n in nodes if isinstance(n, TextNode))
+        return text, [n.url for n in nodes if isinstance(n, ImageNode)]
+
+    def child_cpu() -> float:
+        """CPU seconds of the extraction process so far (user + system)."""
+        with open(f"/proc/{ex.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    run.child_cpu = child_cpu
+    return run
+
+
 def trafilatura_extractor():
     import trafilatura
 
@@ -159,6 +186,9 @@ def run_interleaved(extractors: dict, sets: dict[str, list[dict]]) -> tuple[dict
             run(r["html"], r["url"])
     outputs = {name: {s: [] for s in sets} for name in extractors}
     times = {name: [0.0, 0.0, 0] for name in extractors}
+    # A child process's CPU time (the watchdog's extraction process) is read around the whole
+    # run: it works only while its parent waits in a timed call.
+    child0 = {name: run.child_cpu() for name, run in extractors.items() if hasattr(run, "child_cpu")}
     for set_name, rows in sets.items():
         for r in rows:
             for name, run in extractors.items():
@@ -170,6 +200,8 @@ def run_interleaved(extractors: dict, sets: dict[str, list[dict]]) -> tuple[dict
                 tm[0] += t1 - t0
                 tm[1] += c1 - c0
                 tm[2] += 1
+    for name, c0 in child0.items():
+        times[name][1] += extractors[name].child_cpu() - c0
     return outputs, {k: tuple(v) for k, v in times.items()}
 
 
@@ -218,9 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--repeat", type=int, default=1, help="time N interleaved runs; report the median and range of the ratio"
     )
+    ap.add_argument(
+        "--watchdog", action="store_true", help="also time extraction through the watchdog's extraction process"
+    )
     args = ap.parse_args(argv)
     sets = load_sets(Path(args.data))
     extractors = {"m3w": ours(ExtractConfig(), LimitsConfig())}
+    if args.watchdog:
+        extractors["m3w watchdog"] = ours_guarded(ExtractConfig(), LimitsConfig())
     if not args.no_anchor:
         extractors["trafilatura 2.3.1 (include_images)"] = trafilatura_extractor()
     runs = [run_interleaved(extractors, sets) for _ in range(max(1, args.repeat))]
@@ -232,21 +269,32 @@ def main(argv: list[str] | None = None) -> None:
     for k in keys:
         vals = [r[k] for r in results]
         print(f"| {k} | " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in vals) + " |")
-    if len(results) == 2:
-        a, b = results
+    by_name = {r["extractor"]: r for r in results}
+    anchor_name = next((n for n in extractors if n.startswith("trafilatura")), None)
+    if anchor_name:
+        a, b = by_name["m3w"], by_name[anchor_name]
         print(f"\nspeed ratio m3w / trafilatura: {a['pages_per_s'] / b['pages_per_s']:.1f}x wall clock, "
               f"{a['pages_per_cpu_s'] / b['pages_per_cpu_s']:.1f}x CPU time")
-    if len(results) == 2 and len(runs) > 1:
-        ours_name, anchor_name = list(extractors)
+    if anchor_name and len(runs) > 1:
         for label, col in (("CPU time", 1), ("wall clock", 0)):
-            ratios = sorted(t[anchor_name][col] / t[ours_name][col] for _, t in runs)
-            ours_pps = sorted(t[ours_name][2] / t[ours_name][col] for _, t in runs)
+            ratios = sorted(t[anchor_name][col] / t["m3w"][col] for _, t in runs)
+            ours_pps = sorted(t["m3w"][2] / t["m3w"][col] for _, t in runs)
             anchor_pps = sorted(t[anchor_name][2] / t[anchor_name][col] for _, t in runs)
             print(
                 f"{label}, {len(runs)} runs: ratio median {statistics.median(ratios):.1f}x "
                 f"(range {ratios[0]:.1f}-{ratios[-1]:.1f}x); m3w median {statistics.median(ours_pps):.0f} pages/s "
                 f"({ours_pps[0]:.0f}-{ours_pps[-1]:.0f}), trafilatura median {statistics.median(anchor_pps):.1f} "
                 f"({anchor_pps[0]:.1f}-{anchor_pps[-1]:.1f})"
+            )
+    if "m3w watchdog" in extractors:
+        same = all(outputs["m3w watchdog"][k] == outputs["m3w"][k] for k in sets)
+        print(f"\nwatchdog outputs identical to in-process: {same}")
+        for label, col in (("CPU time (parent + extraction process)", 1), ("wall clock", 0)):
+            ratios = sorted(t["m3w"][col] / t["m3w watchdog"][col] for _, t in runs)
+            pps = sorted(t["m3w watchdog"][2] / t["m3w watchdog"][col] for _, t in runs)
+            print(
+                f"watchdog / in-process speed, {label}, {len(runs)} runs: median {statistics.median(ratios):.3f} "
+                f"(range {ratios[0]:.3f}-{ratios[-1]:.3f}); watchdog median {statistics.median(pps):.0f} pages/s"
             )
     for r in results:
         for k in r:

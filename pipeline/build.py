@@ -131,7 +131,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     from dedup.decontaminate import Decontaminate
     from dedup.documents import DeduplicateDocuments
     from dedup.urls import DeduplicateUrls
-    from pipeline.extract import ExtractDocuments
+    from pipeline.extract_stage import ExtractDocuments
     from pipeline.filters import FilterText
     from pipeline.images import DropRepeatedImages, ProcessImages
     from pipeline.join import AttachImages, SelectReferencedImages, image_refs

@@ -285,7 +285,8 @@ def run_extract(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from pipeline.config import ConfigError, load_config
-    from pipeline.extract import ExtractionError, extract_document
+    from pipeline.extract import ExtractionError
+    from pipeline.extract_guard import GuardedExtractor
     from pipeline.records import Page
     from pipeline.warc import iter_warc
     from schemas.document import Provenance, to_json
@@ -295,6 +296,7 @@ def run_extract(argv: list[str]) -> int:
     except ConfigError as e:
         raise UserError(str(e)) from None
     out = sys.stdout
+    extractor = GuardedExtractor(cfg.extract, cfg.limits)  # a page that stalls costs parse_timeout_s
     for path in args.inputs:
         if not os.path.exists(path):
             raise UserError(f"input {path!r} not found; pass existing WARC or HTML files")
@@ -309,7 +311,7 @@ def run_extract(argv: list[str]) -> int:
             pages = (r for r in iter_warc(path, cfg.limits) if isinstance(r, Page))
         for page in pages:
             try:
-                doc = extract_document(page, cfg.extract, cfg.limits)
+                doc = extractor.extract(page)
             except ExtractionError as e:
                 print(f"build-m3w: skipped {page.url}: {e}", file=sys.stderr)
                 continue

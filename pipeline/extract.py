@@ -10,17 +10,18 @@ headings and paragraphs one node each. Image URLs are resolved as browsers and l
 
 docs/bench/extraction.md has the measurements behind the choices (parser, detector, speed).
 
-``extract_nodes`` and ``extract_document`` are pure per-page functions; ``ExtractDocuments`` is
-the Beam stage (Page → Document, with counted rejects).
+``extract_nodes`` and ``extract_document`` are pure per-page functions. The Beam stage
+``ExtractDocuments`` (pipeline.extract_stage) runs them under a hard time limit per page
+(pipeline.extract_guard).
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-import apache_beam as beam
 from selectolax.lexbor import LexborHTMLParser
 
 from pipeline.config import ExtractConfig, LimitsConfig
@@ -721,8 +722,16 @@ def _assemble(items: list[tuple], w: _Walk, min_chars: int) -> list[Node]:
     bparent, btag = w.bparent, w.btag
     nodes: list[Node] = []
     prev_group = None
+    parts: list[str] = []  # the last node's text while its list or table goes on, joined once (not n² concatenation)
+
+    def close_group() -> None:
+        if len(parts) > 1:
+            nodes[-1] = TextNode("".join(parts))
+        parts.clear()
+
     for bid, kind, payload, _, tag in items:
         if kind == "i":
+            close_group()
             nodes.append(payload)
             prev_group = None
             continue
@@ -736,11 +745,14 @@ def _assemble(items: list[tuple], w: _Walk, min_chars: int) -> list[Node]:
                 table = bparent[table]
             group = ("table", table, row)
         if group is not None and prev_group is not None and group[:2] == prev_group[:2]:
-            sep = " | " if group[0] == "table" and group[2] == prev_group[2] else "\n"
-            nodes[-1] = TextNode(nodes[-1].text + sep + payload)
+            parts.append(" | " if group[0] == "table" and group[2] == prev_group[2] else "\n")
+            parts.append(payload)
         else:
+            close_group()
             nodes.append(TextNode(payload))
+            parts.append(payload)
         prev_group = group
+    close_group()
     if min_chars > 1:
         nodes = [n for n in nodes if not isinstance(n, TextNode) or len(n.text) >= min_chars]
     return nodes
@@ -761,42 +773,161 @@ def _html_too_large(html: str, limit: int | None) -> bool:
     return len(html) > limit or len(html.encode("utf-8", "surrogatepass")) > limit
 
 
-# lexbor's parse is superlinear in nesting depth and in attributes per element (60,000 nested
-# <div>s or one tag with 50,000 attributes: ~25 s) and cannot be interrupted, so such markup is
-# refused before parsing. Below 256 K characters the worst case parses in ~2 s (20,000 nested
-# <div>s), so only larger pages are screened; of those, ordinary pages have a few thousand tags
-# and no '=' storm (two C-level counts), and only the rest pay for the tag scan.
-_SCREEN_CHARS = 256_000
-_SUSPICIOUS_TAGS = 20_000
-_SUSPICIOUS_EQUALS = 50_000
-_MAX_TAG_CHARS = 65_536  # one start tag longer than this (~6,000 attributes) is an attack, not a page
+# lexbor's tree builder is superlinear in nesting depth, in attributes per element and in end tags
+# that match no open element (each one searches the whole stack of open elements): 40,000 nested
+# <div>s parse in ~4 s, one tag with 20,000 attributes in ~1–4 s, <div></i> × 200,000 in ~100 s.
+# Its parse cannot be interrupted, so the known classes are refused before parsing, in one linear
+# pass; anything else is bounded by the watchdog (``pipeline.extract_guard``). The pass runs only
+# on pages that might hold such markup: many tags (one character count, on pages long enough to
+# nest deeply) or a long run without '>' (a few hundred memchr probes); ordinary pages stop there.
+# Measured per page in docs/bench/extraction.md.
+_SCREEN_CHARS = 32_000  # below this the worst known markup parses in a tenth of a second
+_COUNT_CHARS = 128_000  # below this, nesting (at most ~25,000 <div>s) parses in about a second
+_SUSPICIOUS_TAGS = 20_000  # '<' count from which nesting and end-tag storms are possible
+_LONG_RUN_CHARS = 8_192  # a '>'-free run this long may be one tag with thousands of attributes
+_LONG_TAG_CHARS = 1_024  # tags this long get their attributes counted
+# Attributes a page's tags may hold, as the sum over tags of attributes²: lexbor checks each new
+# attribute against those before it (~2 ns per pair). One tag of ~12,600 attributes, or 100 tags of
+# 1,260, parse in about a third of a second.
+_MAX_ATTRIBUTE_PAIRS = 160_000_000
+_SUSPECT_ATTRIBUTES = 2_048  # a tag with more sends the page through the whole scan
 _MAX_SCAN_DEPTH = 4_096  # nesting that lexbor parses in well under a second; deeper is refused
-_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)[^>]*?(/?)>")
-_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
-# Elements whose end tag HTML implies (a new <li> closes the open one): they never nest by themselves.
-_IMPLIED_END = frozenset("p li dt dd tr td th option optgroup thead tbody tfoot colgroup rb rt rp".split())
+# A tag, comment or other markup declaration. A tag's body runs to the first '>' outside a quoted
+# value (a quote opens one only right after '='; elsewhere it is a character). Nothing after the
+# body can fail, so a match never backtracks into it, and a value left unclosed reads to the end
+# at most once per quote character (a later quote would have closed it). The body is read in at
+# most 64 pieces (runs of plain characters and quoted values); a tag that goes on is read
+# attribute by attribute (``_long_tag``).
+_MARKUP = re.compile(
+    r"""<(?:(/?)([A-Za-z][^\t\n\f\r />]*)(?:[^>"']+|(?<==)"[^"]*"|(?<==)'[^']*'|["']){0,64}|(!--)|[!?/])"""
+)
+# Separators, then one attribute: a name and, after '=', a quoted or unquoted value.
+_ATTRIBUTE = re.compile(
+    r"""[\t\n\f\r /]*(?:([^\t\n\f\r />][^\t\n\f\r />=]*)(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"[^"]*"|'[^']*'|[^\t\n\f\r >]*))?)?"""
+)
+# Elements whose content is text to the parser, not markup: the scan skips to their end tag.
+_RAW_TEXT = {
+    t: re.compile(rf"</{t}[\t\n\f\r />]", re.I)
+    for t in "script style textarea title xmp iframe noembed noframes".split()
+}
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr keygen".split())
+# Elements that never nest inside themselves (a new <li> or <a> closes the open one, <body> merges
+# into the open one): counting them as depth would refuse real pages with unclosed <a> or <p>.
+_NO_DEPTH = frozenset(
+    "p li dt dd tr td th option optgroup thead tbody tfoot colgroup caption rb rt rp rtc a button form "
+    "nobr h1 h2 h3 h4 h5 h6 html head body frameset plaintext".split()
+)
+_FOREIGN = frozenset(("svg", "math"))  # inside these, "/>" closes an element
 
 
-def hostile_markup(html: str) -> str | None:
-    """Why ``html`` would stall the parser (``None`` for ordinary pages)."""
-    if len(html) < _SCREEN_CHARS:
+def _long_tag(html: str, pos: int, cap: int) -> tuple[int, int]:
+    """(attributes, end) of the tag body starting at ``pos``, counting stopped past ``cap``."""
+    attrs, step = 0, _ATTRIBUTE.match
+    while attrs <= cap:
+        m = step(html, pos)
+        pos = m.end()
+        if m.group(1) is None:  # at '>' or the end of the page
+            break
+        attrs += 1
+    return attrs, pos
+
+
+def _needs_scan(html: str) -> bool:
+    """Whether ``html`` might hold markup the screen refuses: many tags, or a tag with thousands of
+    attributes (it lies in a long run without '>'). Probes a window every _LONG_RUN_CHARS / 2
+    characters, so ordinary pages cost one count and a few hundred short ``find`` calls."""
+    if len(html) >= _COUNT_CHARS and html.count("<") >= _SUSPICIOUS_TAGS:
+        return True
+    n, find, step = len(html), html.find, _LONG_RUN_CHARS // 2
+    k = done = 0
+    while k + _LONG_RUN_CHARS <= n:
+        if find(">", k, k + _LONG_RUN_CHARS) >= 0:
+            k += step
+            continue
+        # A run of _LONG_RUN_CHARS or more without '>'; the previous window had one within step.
+        start = html.rfind(">", max(0, k - step), k) + 1
+        end = find(">", k + _LONG_RUN_CHARS)
+        end = n if end < 0 else end
+        # A tag with many attributes either starts in the run and runs to its end, or starts
+        # before it and reaches into it past a '>' in a quoted value. (In a script, the "tag" is a
+        # comparison and its "attributes" the script's words: rarely thousands before a '>'.)
+        before = html.rfind("<", done, start)
+        inside = _MARKUP.search(html, start, max(start, end - _LONG_TAG_CHARS))
+        for tag in (_MARKUP.match(html, before) if before >= 0 else None, inside):
+            if tag is not None and tag.group(2) and _long_tag(html, tag.end(2), _SUSPECT_ATTRIBUTES)[0] > _SUSPECT_ATTRIBUTES:
+                return True
+        k = done = end
+    return False
+
+
+def hostile_markup(html: str, deadline: float | None = None) -> str | None:
+    """Why ``html`` would stall the parser (``None`` for ordinary pages). Linear in ``len(html)``.
+
+    Raises ``ExtractionError("parse_timeout")`` when still reading at ``deadline`` (a
+    ``time.monotonic()`` value): a page of a million tags takes the scan about a second.
+    """
+    n = len(html)
+    if n < _SCREEN_CHARS:
         return None
-    if html.count("<") < _SUSPICIOUS_TAGS and html.count("=") < _SUSPICIOUS_EQUALS:
+    if not _needs_scan(html):
         return None
-    depth = deepest = 0
-    for m in _TAG.finditer(html):
-        if m.end() - m.start() > _MAX_TAG_CHARS:
-            return f"a tag of {m.end() - m.start():,} characters"
-        if m.group(1):
-            if m.group(2).lower() not in _IMPLIED_END:
-                depth = max(0, depth - 1)
-        elif not m.group(3) and m.group(2).lower() not in _VOID and m.group(2).lower() not in _IMPLIED_END:
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > _MAX_SCAN_DEPTH:
-                    return f"nesting deeper than {_MAX_SCAN_DEPTH:,}"
-    return None
+    # One pass over the markup that keeps the stack of open elements as the tree builder would
+    # (closely enough to bound it): an end tag pops to its element or, with none open, is ignored.
+    stack: list[str] = []
+    open_count: dict[str, int] = {}
+    foreign = 0
+    pairs = 0
+    pos = 0
+    search, find = _MARKUP.search, html.find
+    tags = 0
+    while True:
+        m = search(html, pos)
+        if m is None:
+            return None
+        tags += 1
+        if deadline is not None and not tags & 4095 and time.monotonic() > deadline:
+            raise ExtractionError("parse_timeout", f"markup screen still reading at {tags:,} tags")
+        end_tag, name, comment = m.group(1, 2, 3)
+        if name is None:  # comment, doctype, processing instruction, bogus comment
+            if comment:
+                end = find("-->", m.end())
+                pos = n if end < 0 else end + 3
+            else:
+                end = find(">", m.end())
+                pos = n if end < 0 else end + 1
+            continue
+        end = m.end()
+        if end - m.start() > _LONG_TAG_CHARS or (end < n and html[end] != ">"):
+            left = _MAX_ATTRIBUTE_PAIRS - pairs
+            attrs, end = _long_tag(html, m.end(2), math.isqrt(left))
+            pairs += attrs * attrs
+            if pairs > _MAX_ATTRIBUTE_PAIRS:
+                return f"a tag with {attrs:,}+ attributes" if attrs * attrs > left else "too many attributes in all"
+        pos = end + 1 if end < n and html[end] == ">" else end
+        name = name.lower()
+        if end_tag:
+            if open_count.get(name):
+                while True:
+                    top = stack.pop()
+                    open_count[top] -= 1
+                    if top in _FOREIGN:
+                        foreign -= 1
+                    if top == name:
+                        break
+            continue
+        raw = _RAW_TEXT.get(name)
+        if raw is not None and not foreign:
+            close = raw.search(html, pos)
+            pos = n if close is None else close.start()
+            continue
+        if name in _VOID or name in _NO_DEPTH or (foreign and html[end - 1] == "/"):
+            continue
+        stack.append(name)
+        open_count[name] = open_count.get(name, 0) + 1
+        if name in _FOREIGN:
+            foreign += 1
+        if len(stack) > _MAX_SCAN_DEPTH:
+            return f"nesting deeper than {_MAX_SCAN_DEPTH:,}"
 
 
 def extract_nodes(
@@ -804,14 +935,28 @@ def extract_nodes(
 ) -> tuple[list[Node], str | None]:
     """One page's text and image nodes in reading order, and its ``<title>``.
 
-    Raises ``ExtractionError`` with reason ``html_too_large`` or ``parse_timeout``; everything else
-    about the page is best effort (a page with nothing in it gives an empty list).
+    Raises ``ExtractionError`` with reason ``html_too_large``, ``hostile_markup`` or
+    ``parse_timeout``; everything else about the page is best effort (a page with nothing in it
+    gives an empty list).
     """
+    check_page(html, limits)
+    return parse_nodes(html, base_url, cfg, limits)
+
+
+def check_page(html: str, limits: LimitsConfig = LimitsConfig(), deadline: float | None = None) -> None:
+    """The checks before parsing: raises ``html_too_large`` or ``hostile_markup`` (``parse_timeout``
+    when the screen is still reading at ``deadline``, a ``time.monotonic()`` value)."""
     if _html_too_large(html, limits.max_html_bytes):
         raise ExtractionError("html_too_large", f"{len(html)} characters")
-    hostile = hostile_markup(html)
+    hostile = hostile_markup(html, deadline)
     if hostile:
         raise ExtractionError("hostile_markup", hostile)
+
+
+def parse_nodes(
+    html: str | bytes, base_url: str, cfg: ExtractConfig = ExtractConfig(), limits: LimitsConfig = LimitsConfig()
+) -> tuple[list[Node], str | None]:
+    """``extract_nodes`` of a page that passed ``check_page``: parse and walk (bytes are UTF-8)."""
     tree = LexborHTMLParser(html)
     title = None
     head = tree.head or tree.root  # the parser moves <title> and <base> into <head>
@@ -851,54 +996,21 @@ def extract_document(
 ) -> Document:
     """A Page as a Document with the page's provenance. Raises ``ExtractionError`` (no_content, ...)."""
     nodes, title = extract_nodes(page.html, page.url, cfg, limits)
-    if not any(isinstance(n, TextNode) for n in nodes):
-        raise ExtractionError("no_content", f"{len(nodes)} images, no text")
+    require_text(nodes)
     return Document(url=page.url, provenance=page.provenance, nodes=nodes, title=title)
 
 
-class _ExtractFn(beam.DoFn):
-    def __init__(self, cfg: ExtractConfig, limits: LimitsConfig) -> None:
-        self.cfg = cfg
-        self.limits = limits
-        self.pages = beam.metrics.Metrics.counter("m3w", f"{STAGE}.pages")
-        self.documents = beam.metrics.Metrics.counter("m3w", f"{STAGE}.documents")
-        self.images_found = beam.metrics.Metrics.counter("m3w", f"{STAGE}.images_found")
-        self.dropped = {r: beam.metrics.Metrics.counter("m3w", f"{STAGE}.dropped_{r}") for r in DROP_REASONS}
-
-    def _drop(self, reason: str):
-        c = self.dropped.get(reason)
-        if c is None:
-            c = self.dropped[reason] = beam.metrics.Metrics.counter("m3w", f"{STAGE}.dropped_{reason}")
-        return c
-
-    def process(self, page: Page):
-        self.pages.inc()
-        try:
-            doc = extract_document(page, self.cfg, self.limits)
-        except ExtractionError as e:
-            self._drop(e.reason).inc()
-            yield beam.pvalue.TaggedOutput("rejects", Reject.of(STAGE, e.reason, page.provenance, page.url, e.detail))
-            return
-        except (ValueError, UnicodeError, RecursionError) as e:  # lexbor on malformed input
-            self._drop("parse_error").inc()
-            yield beam.pvalue.TaggedOutput(
-                "rejects", Reject.of(STAGE, "parse_error", page.provenance, page.url, f"{type(e).__name__}: {e}")
-            )
-            return
-        self.documents.inc()
-        self.images_found.inc(len(doc.images))
-        yield doc
+def require_text(nodes: list[Node]) -> None:
+    """Raise ``no_content`` for a page whose nodes hold no text (images alone are no document)."""
+    if not any(isinstance(n, TextNode) for n in nodes):
+        raise ExtractionError("no_content", f"{len(nodes)} images, no text")
 
 
-class ExtractDocuments(beam.PTransform):
-    """PCollection[Page] → DoOutputsTuple: ``documents`` (Document, main) and ``rejects`` (Reject)."""
+def __getattr__(name: str):
+    # The Beam stage lives in pipeline.extract_stage, loaded on first use: the pure functions
+    # above (the CLI, the extraction process) never import Beam.
+    if name == "ExtractDocuments":
+        from pipeline.extract_stage import ExtractDocuments
 
-    def __init__(self, cfg: ExtractConfig | None = None, limits: LimitsConfig | None = None, label: str | None = None):
-        super().__init__(label)
-        self.cfg = cfg or ExtractConfig()
-        self.limits = limits or LimitsConfig()
-
-    def expand(self, pages):
-        return pages | "WalkDom" >> beam.ParDo(_ExtractFn(self.cfg, self.limits)).with_outputs(
-            "rejects", main="documents"
-        )
+        return ExtractDocuments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
