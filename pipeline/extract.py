@@ -805,6 +805,7 @@ _MARKUP = re.compile(
 _ATTRIBUTE = re.compile(
     r"""[\t\n\f\r /]*(?:([^\t\n\f\r />][^\t\n\f\r />=]*)(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"[^"]*"|'[^']*'|[^\t\n\f\r >]*))?)?"""
 )
+_MARKUP_B, _ATTRIBUTE_B = re.compile(_MARKUP.pattern.encode()), re.compile(_ATTRIBUTE.pattern.encode())
 # Elements whose content is text to the parser, not markup: the scan skips to their end tag.
 _RAW_TEXT = {
     t: re.compile(rf"</{t}[\t\n\f\r />]", re.I)
@@ -820,9 +821,9 @@ _NO_DEPTH = frozenset(
 _FOREIGN = frozenset(("svg", "math"))  # inside these, "/>" closes an element
 
 
-def _long_tag(html: str, pos: int, cap: int) -> tuple[int, int]:
+def _long_tag(html: str | bytes, pos: int, cap: int) -> tuple[int, int]:
     """(attributes, end) of the tag body starting at ``pos``, counting stopped past ``cap``."""
-    attrs, step = 0, _ATTRIBUTE.match
+    attrs, step = 0, (_ATTRIBUTE_B if type(html) is bytes else _ATTRIBUTE).match
     while attrs <= cap:
         m = step(html, pos)
         pos = m.end()
@@ -832,44 +833,50 @@ def _long_tag(html: str, pos: int, cap: int) -> tuple[int, int]:
     return attrs, pos
 
 
-def _needs_scan(html: str) -> bool:
+def _needs_scan(html: str | bytes) -> bool:
     """Whether ``html`` might hold markup the screen refuses: many tags, or a tag with thousands of
     attributes (it lies in a long run without '>'). Probes a window every _LONG_RUN_CHARS / 2
-    characters, so ordinary pages cost one count and a few hundred short ``find`` calls."""
-    if len(html) >= _COUNT_CHARS and html.count("<") >= _SUSPICIOUS_TAGS:
+    characters, so ordinary pages cost one count and a few hundred short ``find`` calls. Works on
+    the text or on its UTF-8 bytes (where ``find`` is memchr: several times faster)."""
+    if type(html) is bytes:
+        lt, gt, markup = b"<", b">", _MARKUP_B
+    else:
+        lt, gt, markup = "<", ">", _MARKUP
+    if len(html) >= _COUNT_CHARS and html.count(lt) >= _SUSPICIOUS_TAGS:
         return True
     n, find, step = len(html), html.find, _LONG_RUN_CHARS // 2
     k = done = 0
     while k + _LONG_RUN_CHARS <= n:
-        if find(">", k, k + _LONG_RUN_CHARS) >= 0:
+        if find(gt, k, k + _LONG_RUN_CHARS) >= 0:
             k += step
             continue
         # A run of _LONG_RUN_CHARS or more without '>'; the previous window had one within step.
-        start = html.rfind(">", max(0, k - step), k) + 1
-        end = find(">", k + _LONG_RUN_CHARS)
+        start = html.rfind(gt, max(0, k - step), k) + 1
+        end = find(gt, k + _LONG_RUN_CHARS)
         end = n if end < 0 else end
         # A tag with many attributes either starts in the run and runs to its end, or starts
         # before it and reaches into it past a '>' in a quoted value. (In a script, the "tag" is a
         # comparison and its "attributes" the script's words: rarely thousands before a '>'.)
-        before = html.rfind("<", done, start)
-        inside = _MARKUP.search(html, start, max(start, end - _LONG_TAG_CHARS))
-        for tag in (_MARKUP.match(html, before) if before >= 0 else None, inside):
+        before = html.rfind(lt, done, start)
+        inside = markup.search(html, start, max(start, end - _LONG_TAG_CHARS))
+        for tag in (markup.match(html, before) if before >= 0 else None, inside):
             if tag is not None and tag.group(2) and _long_tag(html, tag.end(2), _SUSPECT_ATTRIBUTES)[0] > _SUSPECT_ATTRIBUTES:
                 return True
         k = done = end
     return False
 
 
-def hostile_markup(html: str, deadline: float | None = None) -> str | None:
+def hostile_markup(html: str, deadline: float | None = None, utf8: bytes | None = None) -> str | None:
     """Why ``html`` would stall the parser (``None`` for ordinary pages). Linear in ``len(html)``.
 
+    ``utf8``, the page's UTF-8 bytes when the caller has them, makes the first look cheaper.
     Raises ``ExtractionError("parse_timeout")`` when still reading at ``deadline`` (a
     ``time.monotonic()`` value): a page of a million tags takes the scan about a second.
     """
     n = len(html)
     if n < _SCREEN_CHARS:
         return None
-    if not _needs_scan(html):
+    if not _needs_scan(html if utf8 is None else utf8):
         return None
     # One pass over the markup that keeps the stack of open elements as the tree builder would
     # (closely enough to bound it): an end tag pops to its element or, with none open, is ignored.
@@ -943,12 +950,15 @@ def extract_nodes(
     return parse_nodes(html, base_url, cfg, limits)
 
 
-def check_page(html: str, limits: LimitsConfig = LimitsConfig(), deadline: float | None = None) -> None:
+def check_page(
+    html: str, limits: LimitsConfig = LimitsConfig(), deadline: float | None = None, utf8: bytes | None = None
+) -> None:
     """The checks before parsing: raises ``html_too_large`` or ``hostile_markup`` (``parse_timeout``
-    when the screen is still reading at ``deadline``, a ``time.monotonic()`` value)."""
+    when the screen is still reading at ``deadline``, a ``time.monotonic()`` value). ``utf8``: as
+    for ``hostile_markup``."""
     if _html_too_large(html, limits.max_html_bytes):
         raise ExtractionError("html_too_large", f"{len(html)} characters")
-    hostile = hostile_markup(html, deadline)
+    hostile = hostile_markup(html, deadline, utf8)
     if hostile:
         raise ExtractionError("hostile_markup", hostile)
 
