@@ -91,7 +91,13 @@ class GuardedExtractor:
                 pass  # the system's pipe-max-size is lower: smaller writes, same result
         os.set_blocking(proc.stdin.fileno(), False)  # writes wait in select, under the deadline
         backstop = 2 * self.timeout_s + 5 if self.timeout_s else 0
-        _write(proc.stdin.fileno(), pickle.dumps((self.cfg, self.limits, backstop), 5), time.monotonic() + _START_TIMEOUT_S)
+        ready_by = time.monotonic() + _START_TIMEOUT_S
+        _write(proc.stdin.fileno(), pickle.dumps((self.cfg, self.limits, backstop), 5), ready_by)
+        try:  # the child's imports are no page's time: its first page's clock starts after them
+            _read(proc.stdout.fileno(), ready_by)
+        except (TimeoutError, EOFError) as e:
+            self._kill()
+            raise RuntimeError(f"the extraction process did not start ({type(e).__name__})") from None
         return proc
 
     def _kill(self) -> None:
@@ -235,6 +241,9 @@ def _serve() -> None:
     if first is None:
         return
     cfg, limits, backstop = pickle.loads(first)
+    ready = marshal.dumps("ready")
+    out.write(_HEADER.pack(len(ready)) + ready)
+    out.flush()
     while True:
         frame = _read_blocking(inp)
         if frame is None:
