@@ -806,6 +806,8 @@ _ATTRIBUTE = re.compile(
     r"""[\t\n\f\r /]*(?:([^\t\n\f\r />][^\t\n\f\r />=]*)(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"[^"]*"|'[^']*'|[^\t\n\f\r >]*))?)?"""
 )
 _MARKUP_B, _ATTRIBUTE_B = re.compile(_MARKUP.pattern.encode()), re.compile(_ATTRIBUTE.pattern.encode())
+_SEPARATORS = tuple("\t\n\f\r /")  # what ends an attribute name
+_SEPARATORS_B = tuple(c.encode() for c in _SEPARATORS)
 # Elements whose content is text to the parser, not markup: the scan skips to their end tag.
 _RAW_TEXT = {
     t: re.compile(rf"</{t}[\t\n\f\r />]", re.I)
@@ -833,15 +835,15 @@ def _long_tag(html: str | bytes, pos: int, cap: int) -> tuple[int, int]:
     return attrs, pos
 
 
-def _needs_scan(html: str | bytes) -> bool:
+def _needs_scan(html: str | bytes, deadline: float | None = None) -> bool:
     """Whether ``html`` might hold markup the screen refuses: many tags, or a tag with thousands of
     attributes (it lies in a long run without '>'). Probes a window every _LONG_RUN_CHARS / 2
     characters, so ordinary pages cost one count and a few hundred short ``find`` calls. Works on
     the text or on its UTF-8 bytes (where ``find`` is memchr: several times faster)."""
     if type(html) is bytes:
-        lt, gt, markup = b"<", b">", _MARKUP_B
+        lt, gt, markup, separators = b"<", b">", _MARKUP_B, _SEPARATORS_B
     else:
-        lt, gt, markup = "<", ">", _MARKUP
+        lt, gt, markup, separators = "<", ">", _MARKUP, _SEPARATORS
     if len(html) >= _COUNT_CHARS and html.count(lt) >= _SUSPICIOUS_TAGS:
         return True
     n, find, step = len(html), html.find, _LONG_RUN_CHARS // 2
@@ -851,6 +853,8 @@ def _needs_scan(html: str | bytes) -> bool:
             k += step
             continue
         # A run of _LONG_RUN_CHARS or more without '>'; the previous window had one within step.
+        if deadline is not None and time.monotonic() > deadline:
+            raise ExtractionError("parse_timeout", "markup screen still reading")
         start = html.rfind(gt, max(0, k - step), k) + 1
         end = find(gt, k + _LONG_RUN_CHARS)
         end = n if end < 0 else end
@@ -860,7 +864,13 @@ def _needs_scan(html: str | bytes) -> bool:
         before = html.rfind(lt, done, start)
         inside = markup.search(html, start, max(start, end - _LONG_TAG_CHARS))
         for tag in (markup.match(html, before) if before >= 0 else None, inside):
-            if tag is not None and tag.group(2) and _long_tag(html, tag.end(2), _SUSPECT_ATTRIBUTES)[0] > _SUSPECT_ATTRIBUTES:
+            if tag is None or not tag.group(2):
+                continue
+            # Attributes need separators: count those in C first, the attributes only if need be.
+            at = tag.end(2)
+            if sum(html.count(c, at, end) for c in separators) > _SUSPECT_ATTRIBUTES and (
+                _long_tag(html, at, _SUSPECT_ATTRIBUTES)[0] > _SUSPECT_ATTRIBUTES
+            ):
                 return True
         k = done = end
     return False
@@ -876,7 +886,7 @@ def hostile_markup(html: str, deadline: float | None = None, utf8: bytes | None 
     n = len(html)
     if n < _SCREEN_CHARS:
         return None
-    if not _needs_scan(html if utf8 is None else utf8):
+    if not _needs_scan(html if utf8 is None else utf8, deadline):
         return None
     # One pass over the markup that keeps the stack of open elements as the tree builder would
     # (closely enough to bound it): an end tag pops to its element or, with none open, is ignored.

@@ -65,6 +65,7 @@ class GuardedExtractor:
         self.timeout_s = self.limits.parse_timeout_s or None
         self._proc: subprocess.Popen | None = None
         self._finalizer = None
+        self._ready_by: float | None = None  # set while a started child has not said it is ready
         self.restarts = 0  # children started after the first (one per timeout or crash)
 
     # -- the child ------------------------------------------------------------------------------
@@ -73,7 +74,8 @@ class GuardedExtractor:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _start(self) -> subprocess.Popen:
+    def _spawn(self) -> None:
+        """Start a child; it imports and reads the config while the caller goes on."""
         if self._proc is not None:
             self.restarts += 1
         proc = subprocess.Popen(
@@ -91,14 +93,28 @@ class GuardedExtractor:
                 pass  # the system's pipe-max-size is lower: smaller writes, same result
         os.set_blocking(proc.stdin.fileno(), False)  # writes wait in select, under the deadline
         backstop = 2 * self.timeout_s + 5 if self.timeout_s else 0
-        ready_by = time.monotonic() + _START_TIMEOUT_S
-        _write(proc.stdin.fileno(), pickle.dumps((self.cfg, self.limits, backstop), 5), ready_by)
-        try:  # the child's imports are no page's time: its first page's clock starts after them
-            _read(proc.stdout.fileno(), ready_by)
-        except (TimeoutError, EOFError) as e:
-            self._kill()
-            raise RuntimeError(f"the extraction process did not start ({type(e).__name__})") from None
+        self._ready_by = time.monotonic() + _START_TIMEOUT_S
+        _write(proc.stdin.fileno(), pickle.dumps((self.cfg, self.limits, backstop), 5), self._ready_by)
+
+    def _child(self) -> subprocess.Popen:
+        """The child, started and ready (its imports are no page's time: a page's clock starts after)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self._spawn()
+            proc = self._proc
+        if self._ready_by is not None:
+            try:
+                _read(proc.stdout.fileno(), self._ready_by)
+            except (TimeoutError, EOFError) as e:
+                self._kill()
+                raise RuntimeError(f"the extraction process did not start ({type(e).__name__})") from None
+            self._ready_by = None
         return proc
+
+    def _replace(self) -> None:
+        """Kill the child and start the next one now, so that it is ready by the next page."""
+        self._kill()
+        self._spawn()
 
     def _kill(self) -> None:
         if self._finalizer is not None:
@@ -121,9 +137,7 @@ class GuardedExtractor:
         """``pipeline.extract.extract_nodes`` of one page, abandoned after ``parse_timeout_s``."""
         if self.timeout_s is None:
             return extract_nodes(html, base_url, self.cfg, self.limits)
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            proc = self._start()
+        proc = self._child()
         deadline = time.monotonic() + self.timeout_s + _GRACE_S
         # The checks before parsing run here (linear, and the screen stops at the deadline); the
         # child gets the UTF-8 bytes that lexbor would make of the text ('ignore' as selectolax).
@@ -138,12 +152,12 @@ class GuardedExtractor:
             _write(proc.stdin.fileno(), request, deadline)
             reply = _read(proc.stdout.fileno(), deadline)
         except TimeoutError:
-            self._kill()
+            self._replace()
             raise ExtractionError(
                 "parse_timeout", f"over {self.timeout_s:g} s (its extraction process was stopped)"
             ) from None
         except (EOFError, BrokenPipeError):
-            self._kill()
+            self._replace()
             code = proc.returncode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
             raise ExtractionError("parse_error", f"the extraction process died on this page ({how})") from None
@@ -152,7 +166,7 @@ class GuardedExtractor:
             return _unpack(reply[1]), reply[2]
         if kind == "drop":
             if reply[3]:  # the child left itself in doubt (MemoryError): a fresh one for the next page
-                self._kill()
+                self._replace()
             raise ExtractionError(reply[1], reply[2])
         self._kill()
         raise RuntimeError(f"extracting {base_url} failed in the extraction process:\n{reply[1]}")
