@@ -27,8 +27,8 @@ def test_same_basename_in_two_folders_without_url_dedup_keeps_both_copies(tmp_pa
     cfg = tmp_path / "no-url-dedup.yaml"
     cfg.write_text("dedup:\n  url: false\n")
     once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
-    assert build_m3w(["build", "--input", str(tmp_path / "a"), "--output", once, "--config", str(cfg), "--runner=DirectRunner"]) == 0
-    argv = ["build", "--input", str(tmp_path / "a"), str(tmp_path / "b"), "--output", twice, "--config", str(cfg), "--runner=DirectRunner"]
+    assert build_m3w(["build", "--input", str(tmp_path / "a"), "--output", once, "--config", str(cfg), "--direct_running_mode=in_memory"]) == 0
+    argv = ["build", "--input", str(tmp_path / "a"), str(tmp_path / "b"), "--output", twice, "--config", str(cfg), "--direct_running_mode=in_memory"]
     assert build_m3w(argv) == 0
     assert verify(twice) == []
     def docs(out):

@@ -60,7 +60,7 @@ def _one_page_warc(path, html: bytes) -> str:
 def test_glob_characters_in_output_touch_nothing_outside_it(tmp_path):
     victims = _victims(tmp_path)
     out = str(tmp_path / "vict*")
-    assert build_m3w(["build", "--input", SAMPLE, "--output", out, "--runner=DirectRunner"]) == 0
+    assert build_m3w(["build", "--input", SAMPLE, "--output", out, "--direct_running_mode=in_memory"]) == 0
     _unchanged(tmp_path, victims)
     assert verify(out) == []  # the corpus went to the folder literally named "vict*"
 
@@ -105,7 +105,7 @@ def test_symlinked_output_folder_is_refused_and_its_target_untouched(tmp_path, c
     out = tmp_path / "out"
     out.mkdir()
     os.symlink(elsewhere, out / "rejects")
-    assert build_m3w(["build", "--input", SAMPLE, "--output", str(out), "--runner=DirectRunner"]) == 2
+    assert build_m3w(["build", "--input", SAMPLE, "--output", str(out), "--direct_running_mode=in_memory"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "symbolic link" in err[0]
     assert (elsewhere / "rejects-00000-of-00001.jsonl").read_bytes() == b"keep me"
@@ -113,11 +113,11 @@ def test_symlinked_output_folder_is_refused_and_its_target_untouched(tmp_path, c
 
 def test_a_run_that_keeps_nothing_keeps_its_rejects_and_drops_old_shards(tmp_path):
     out = str(tmp_path / "out")
-    assert build_m3w(["build", "--input", SAMPLE, "--output", out, "--runner=DirectRunner"]) == 0
+    assert build_m3w(["build", "--input", SAMPLE, "--output", out, "--direct_running_mode=in_memory"]) == 0
     assert os.listdir(os.path.join(out, "wds"))
     # A crawl whose only page fails the text filters: 0 documents, 1 reject.
     empty = _one_page_warc(tmp_path / "one.warc.gz", b"<html><body><p>Too short.</p></body></html>")
-    assert build_m3w(["build", "--input", empty, "--output", out, "--runner=DirectRunner"]) == 0
+    assert build_m3w(["build", "--input", empty, "--output", out, "--direct_running_mode=in_memory"]) == 0
     assert verify(out) == []
     assert json.load(open(os.path.join(out, "manifest.json")))["shards"] == []
     assert not [n for n in os.listdir(os.path.join(out, "wds")) if n.startswith("shard-")]
