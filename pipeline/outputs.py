@@ -6,7 +6,7 @@ of the literal ``--output`` path: never a glob of the user's path, never a file 
 never through a symbolic link, never a file the run reads as input.
 
 - Before a run: temporary files (``*.tmp-<hex>``) anywhere the build writes, and the side outputs
-  it writes anew (rejects, decontamination matches).
+  it writes anew (rejects, decontamination matches, the fetcher's archives).
 - After a run: shard files the new manifest does not list (an empty manifest lists none, so a run
   that keeps no document leaves no old shard behind), and temporary files.
 """
@@ -17,13 +17,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pipeline.fetch import ARCHIVE_DIR, ARCHIVE_NAME
 from pipeline.shards import MANIFEST, PARQUET_DIR, WDS_DIR
 
 REJECTS_DIR = "rejects"
 DECONTAMINATION_DIR = "decontamination"
 SHARD_DIRS = (WDS_DIR, PARQUET_DIR, "mmc4")
 SIDE_OUTPUT_DIRS = (REJECTS_DIR, DECONTAMINATION_DIR)
-OWNED_DIRS = ("",) + SHARD_DIRS + SIDE_OUTPUT_DIRS
+OWNED_DIRS = ("",) + SHARD_DIRS + SIDE_OUTPUT_DIRS + (ARCHIVE_DIR,)
 
 _TMP = re.compile(r"\.tmp-[0-9a-f]{32}$")  # shards.atomic_write's temporary names
 _SHARD = re.compile(r"^shard-\d{5,}-of-\d{5,}\.(tar|parquet)$")
@@ -56,6 +57,8 @@ def stale_files(entries: Iterable[Entry], phase: str, keep: set[str] = frozenset
             out.append(e.path)
         elif phase == "before" and e.folder in SIDE_OUTPUT_DIRS and _SIDE_OUTPUT.match(e.name):
             out.append(e.path)
+        elif phase == "before" and e.folder == ARCHIVE_DIR and ARCHIVE_NAME.match(e.name):
+            out.append(e.path)  # the run fetches anew; an archive given as --input is kept above
         elif phase == "after" and e.folder in SHARD_DIRS and _SHARD.match(e.name) and e.path not in keep:
             out.append(e.path)
     return sorted(out)

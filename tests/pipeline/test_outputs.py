@@ -83,19 +83,24 @@ def test_no_output_name_reaches_another_folder(tmp_path_factory, name, phase):
 def test_only_own_file_names_are_deleted(tmp_path):
     out = tmp_path / "out"
     own = {
-        "before": ["rejects/rejects-00000-of-00002.jsonl", "decontamination/matches-00001-of-00002.jsonl", "wds/shard-00000-of-00001.tar.tmp-" + "a" * 32],
+        "before": [
+            "rejects/rejects-00000-of-00002.jsonl",
+            "decontamination/matches-00001-of-00002.jsonl",
+            "fetched/fetched-20261201000000-0123456789ab.warc.gz",
+            "wds/shard-00000-of-00001.tar.tmp-" + "a" * 32,
+        ],
         "after": ["wds/shard-00003-of-00004.tar", "parquet/shard-00003-of-00004.parquet", "x.tmp-" + "b" * 32],
     }
-    users = ["wds/mine.tar", "rejects/notes.txt", "parquet/shard-1.parquet", "wds/sub/shard-00000-of-00001.tar", "other/shard-00000-of-00001.tar"]
+    users = ["wds/mine.tar", "rejects/notes.txt", "fetched/crawl.warc.gz", "parquet/shard-1.parquet", "wds/sub/shard-00000-of-00001.tar", "other/shard-00000-of-00001.tar"]
     for rel in sum(own.values(), []) + users:
         _touch(out / rel)
     entries = list_owned(str(out))
     got_before = set(stale_files(entries, "before"))
     assert got_before == {str(out / r) for r in own["before"]} | {str(out / own["after"][2])}
     got_after = set(stale_files(entries, "after", keep=set()))
-    assert got_after == {str(out / r) for r in own["after"]} | {str(out / own["before"][2])}
+    assert got_after == {str(out / r) for r in own["after"]} | {str(out / own["before"][3])}
     # A file the run reads is never deleted, whatever its name.
-    reads = str(out / own["before"][0])
+    reads = str(out / own["before"][2])  # an earlier run's fetched archive, given as --input
     assert reads not in stale_files(entries, "before", inputs={reads})
 
 
