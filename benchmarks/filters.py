@@ -88,8 +88,7 @@ def _time(fn, docs: list[Document], rounds: int) -> float:
 def reference_filter(doc: Document, cfg: Config) -> tuple[Document | None, list]:
     """``filter_document`` through the Python measures (``TextStats``) check by check."""
     tf = cfg.text_filters
-    lc = cfg.language
-    lang, score = langid.detect(doc.texts, lc.detector, lc.keep, lc.min_score)
+    lang, score = F.identify(doc.texts, cfg.language)
     if F.language_reason(lang, score, cfg.language):
         return None, []
     node_cs, doc_cs = F.configured_checks(tf)
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "anchor: tokenize text nodes": _time(anchor, docs, args.rounds),
         "chain: filter_document, defaults": _time(lambda d: F.filter_document(d, cfg), docs, args.rounds),
-        "language ID alone": _time(lambda d: langid.detect(d.texts, lc.detector, lc.keep, lc.min_score), docs, args.rounds),
+        "language ID alone": _time(lambda d: F.identify(d.texts, lc), docs, args.rounds),
         "compiled checks alone, every document (TextChain.run)": _time(lambda d: chain.run(node_texts[id(d)]), docs, args.rounds),
         "chain without language filter": _time(lambda d: F.filter_document(d, no_lang), docs, args.rounds),
         "chain, obelics preset": _time(

@@ -98,16 +98,8 @@ def _en_share(result: tuple[str, float]) -> float:
 
 def obelics_fasttext(texts: list[str]) -> tuple[str, float]:
     """OBELICS's document-level language ID: fastText on the whole text, lower-cased, newlines as
-    spaces; the top label and its probability."""
-    import fasttext
-
-    model = _OBELICS_MODEL.get("m") or _OBELICS_MODEL.setdefault("m", fasttext.load_model(langid.fasttext_model_path()))
-    text = re.sub("[\n\ud800-\udfff]", " ", "\n\n".join(texts).lower())
-    labels, probs = model.predict(text)
-    return labels[0][len("__label__") :], float(probs[0])
-
-
-_OBELICS_MODEL: dict = {}
+    spaces; the top label and its probability (``language.score: probability``)."""
+    return langid.detect(texts, "fasttext", score="probability")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -265,6 +265,9 @@ class LanguageConfig:
     # many characters are identified one by one, and one read as a language outside `keep` (or
     # under min_score) is dropped; shorter ones are too short to identify. None: off.
     node_min_chars: Positive | None = None
+    # share (m3w): the chunk vote above. probability (OBELICS): one prediction on the whole text,
+    # lower-cased, scored by the detector's own probability (fasttext or py3langid only).
+    score: OneOf("share", "probability") = "share"
 
 
 @dataclass
@@ -598,6 +601,11 @@ MAX_MINHASH_PERMUTATIONS = 8192  # bands x rows hash functions; datatrove uses 1
 
 def _check_across(cfg: Config) -> None:
     """Rules that tie keys of different sections or several keys together."""
+    lc = cfg.language
+    if lc.score == "probability" and lc.detector not in ("fasttext", "py3langid"):
+        raise ConfigError(
+            f"config key language.score: probability needs language.detector fasttext or py3langid, not {lc.detector}"
+        )
     d = cfg.dedup
     if d.minhash_bands * d.minhash_rows > MAX_MINHASH_PERMUTATIONS:
         raise ConfigError(

@@ -22,7 +22,6 @@ import sys
 from typing import Any, Iterator
 
 from pipeline import filters as F
-from pipeline import langid
 from pipeline.config import Config, ConfigError, ResolvedConfig, resolve_config
 from schemas.document import Document, ImageNode, Provenance, TextNode, from_json
 
@@ -70,8 +69,7 @@ def explain_document(doc: Document, cfg: Config, resolved: ResolvedConfig | None
     if blocked:
         reason, detail = blocked
 
-    lc = cfg.language
-    lang, score = langid.detect([t for t in doc.texts if t], lc.detector, lc.keep, lc.min_score)
+    lang, score = F.identify([t for t in doc.texts if t], cfg.language)
     lang_reason = F.language_reason(lang, score, cfg.language)
     language = {
         "detected": lang,

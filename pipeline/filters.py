@@ -987,7 +987,7 @@ def _screen(doc: Document, texts: list[str], cfg: Config) -> tuple[str, float] |
     blocked = url_block_reason(doc.url, tf)
     if blocked:
         return Reject.of(STAGE, blocked[0], doc.provenance, doc.url, blocked[1])
-    lang, score = langid.detect(texts, cfg.language.detector, cfg.language.keep, cfg.language.min_score)
+    lang, score = identify(texts, cfg.language)
     reason = language_reason(lang, score, cfg.language)
     if reason:
         return Reject.of(STAGE, reason, doc.provenance, doc.url, f"{lang or 'none'} {score:.3f}")
@@ -997,12 +997,17 @@ def _screen(doc: Document, texts: list[str], cfg: Config) -> tuple[str, float] |
 NODE_LANGUAGE = "node_language"  # the paragraph-level language check's reject reason
 
 
+def identify(texts: str | list[str], lc: LanguageConfig) -> tuple[str, float]:
+    """(language, score) of a document's text nodes, or of one text, as ``lc`` configures it."""
+    return langid.detect(texts, lc.detector, lc.keep, lc.min_score, lc.score)
+
+
 def node_language(text: str, lc: LanguageConfig) -> tuple[str, float] | None:
     """(language, score) of one text node when the paragraph-level check judges it: on, and the
     node at least ``node_min_chars`` long with letters in it; else None."""
     if lc.node_min_chars is None or not text or len(text) < lc.node_min_chars:
         return None
-    lang, score = langid.detect(text, lc.detector, lc.keep, lc.min_score)
+    lang, score = identify(text, lc)
     return (lang, score) if lang else None
 
 

@@ -23,6 +23,7 @@ Models are loaded once per process, lazily; ``load`` lets ``DoFn.setup`` pay tha
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -88,27 +89,43 @@ def fasttext_model_path() -> str:
 _FASTTEXT_UNSAFE = re.compile("[\n\ud800-\udfff]")
 
 
-def _fasttext() -> Callable[[str], str]:
+@functools.lru_cache(maxsize=1)
+def _fasttext_model():
     import fasttext  # fasttext-predict: the predict half of fastText, no training code
 
-    model = fasttext.load_model(fasttext_model_path())
+    return fasttext.load_model(fasttext_model_path())
 
-    def label(text: str) -> str:
-        labels, _ = model.predict(_FASTTEXT_UNSAFE.sub(" ", text))
-        return labels[0][len("__label__") :] if labels else ""
 
-    return label
+def _fasttext_predict(text: str) -> tuple[str, float]:
+    labels, probs = _fasttext_model().predict(_FASTTEXT_UNSAFE.sub(" ", text))
+    return (labels[0][len("__label__") :], float(probs[0])) if labels else ("", 0.0)
+
+
+def _fasttext() -> Callable[[str], str]:
+    _fasttext_model()
+    return lambda text: _fasttext_predict(text)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _py3langid_model():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def _py3langid_predict(text: str) -> tuple[str, float]:
+    lang, prob = _py3langid_model().classify(text)
+    return str(lang), float(prob)
 
 
 def _py3langid() -> Callable[[str], str]:
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    _py3langid_model()
+    return lambda text: _py3langid_predict(text)[0]
 
-    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
-    def label(text: str) -> str:
-        return str(ident.classify(text)[0])
-
-    return label
+# Detectors with a probability of their own, for ``score="probability"`` (OBELICS's way).
+PROBABILITY_DETECTORS = {"fasttext": _fasttext_predict, "py3langid": _py3langid_predict}
+SCORES = ("share", "probability")
 
 
 _FACTORIES = {"resiliparse": _resiliparse, "cld2": _cld2, "fasttext": _fasttext, "py3langid": _py3langid}
@@ -173,8 +190,11 @@ def detect(
     name: str = DEFAULT_DETECTOR,
     keep: Iterable[str] | None = None,
     min_score: float | None = None,
+    score: str = "share",
 ) -> tuple[str, float]:
-    """(language holding most characters, its share of the characters in [0, 1]).
+    """(language holding most characters, its share of the characters in [0, 1]); with
+    ``score="probability"``, (the detector's label for the whole text, its probability): one
+    prediction on the text lower-cased with newlines as spaces, as OBELICS runs fastText.
 
     ``texts`` is one string or a document's text nodes in order. ``keep``: the languages the
     caller keeps; a combination's second detector reads again the chunks its first does not read
@@ -185,6 +205,8 @@ def detect(
     """
     check_name(name)
     parts = [texts] if isinstance(texts, str) else [t for t in texts if t]
+    if score == "probability":
+        return _probability(parts, name)
     first, second = COMBINATIONS.get(name, (name, None))
     label = detector(first)
     wanted = frozenset(keep) if keep is not None and second is not None else None
@@ -210,6 +232,16 @@ def detect(
         return "", 0.0
     lang, n = votes.most_common(1)[0]
     return lang, n / total
+
+
+def _probability(parts: list[str], name: str) -> tuple[str, float]:
+    predict = PROBABILITY_DETECTORS.get(name)
+    if predict is None:
+        raise ValueError(f"language detector {name!r} has no probability; use one of {', '.join(PROBABILITY_DETECTORS)}")
+    text = "\n\n".join(parts).lower()
+    if not any(c.isalpha() for c in text):
+        return "", 0.0
+    return predict(text)
 
 
 def text_share(texts: Iterable[str | None], languages: Iterable[str], name: str = "py3langid", min_chars: int = 20) -> float:

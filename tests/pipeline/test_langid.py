@@ -178,3 +178,32 @@ def test_an_unknown_detector_in_the_config_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match="language.detector: 'langdetect' is not allowed; use one of resiliparse[+]cld2, resiliparse, cld2, fasttext"):
         config_from_dict({"language": {"detector": "langdetect"}})
     assert config_from_dict({"language": {"detector": "fasttext"}}).language.detector == "fasttext"
+
+
+def test_probability_score_is_one_prediction_on_the_whole_lower_cased_text():
+    """``language.score: probability`` is OBELICS's document-level language ID: fastText's
+    label for the whole text and its probability, not a share of chunks."""
+    import fasttext
+
+    model = fasttext.load_model(langid.fasttext_model_path())
+    text = "\n\n".join(EN + FR)
+    labels, probs = model.predict(text.lower().replace("\n", " "))
+    got = langid.detect(EN + FR, "fasttext", score="probability")
+    assert got == (labels[0][len("__label__") :], float(probs[0]))
+    assert langid.detect(FR, "fasttext", score="probability")[0] == "fr"
+    assert langid.detect(["12 345"], "fasttext", score="probability") == ("", 0.0)
+    with pytest.raises(ValueError, match="has no probability"):
+        langid.detect(EN, "resiliparse", score="probability")
+
+
+def test_probability_score_needs_a_detector_that_has_one():
+    from pipeline.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="language.score: probability needs language.detector fasttext or py3langid"):
+        config_from_dict({"language": {"score": "probability"}})
+    cfg = config_from_dict({"language": {"score": "probability", "detector": "fasttext"}})
+    from pipeline import filters as F
+    from tests.pipeline.test_filters import doc
+
+    kept, rejects = F.filter_document(doc(FR), cfg)
+    assert kept is None and rejects[-1].reason == "language" and rejects[-1].detail.startswith("fr 0.")
