@@ -142,11 +142,12 @@ class _Summarize(beam.DoFn):
 
 def _bucket_edges(item: tuple[bytes, Iterable[Rank]]) -> Iterator[tuple[Rank, Rank]]:
     """A band bucket → star edges between its best member and every other member, both ways."""
-    members = sorted(set(item[1]))
-    head = members[0]
-    for m in members[1:]:
-        yield m, head
-        yield head, m
+    # Two passes over the group, nothing held: a bucket of a million copies costs no memory.
+    head = min(item[1])
+    for m in item[1]:
+        if m != head:
+            yield m, head
+            yield head, m
 
 
 def _spread_label(item: tuple[Rank, dict[str, list[Any]]]) -> Iterator[tuple[Rank, Rank]]:
@@ -223,17 +224,18 @@ def _survivors(item: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, Do
 
 
 def _image_set_drops(item: tuple[str, Iterable[Rank]]) -> Iterator[tuple[str, Drop]]:
-    members = sorted(set(item[1]))
-    for m in members[1:]:
-        yield m[1], Drop("same_image_set", members[0][1], _url_of(members[0]))
+    head = min(item[1])  # members are distinct documents (one image-set key each): two passes, nothing held
+    for m in item[1]:
+        if m != head:
+            yield m[1], Drop("same_image_set", head[1], _url_of(head))
 
 
 def _paragraph_cuts(max_docs: int):
     def cuts(item: tuple[tuple[str, str], Iterable[str]]) -> Iterator[tuple[str, str]]:
         (_, para), doc_ids = item
-        docs = set(doc_ids)
-        if len(docs) > max_docs:
-            for d in sorted(docs):
+        # a document sends each of its paragraphs once: count, then yield, nothing held
+        if sum(1 for _ in doc_ids) > max_docs:
+            for d in doc_ids:
                 yield d, para
 
     return cuts

@@ -967,10 +967,12 @@ def image_hashes_of(doc: Document):
 def repeated_in_docs(sha_and_doc_ids, max_docs: int):
     """(sha256, [doc_id, ...]) → (doc_id, (sha256, n_docs)) for every document, when n_docs > max_docs."""
     sha, doc_ids = sha_and_doc_ids
-    distinct = set(doc_ids)
-    if len(distinct) > max_docs:
-        for doc_id in distinct:
-            yield doc_id, (sha, len(distinct))
+    # ``image_hashes_of`` sends a document once per hash: count, then yield; nothing is held, so
+    # a logo in a million documents costs no memory here
+    n = sum(1 for _ in doc_ids)
+    if n > max_docs:
+        for doc_id in doc_ids:
+            yield doc_id, (sha, n)
 
 
 def drop_images(doc: Document, repeated: dict[str, int]) -> tuple[Document, list[tuple[str, ImageNode, str]]]:
