@@ -7,7 +7,8 @@ Run locally on the bundled sample (8 simulated devices)::
 
 Subcommands: ``train-flamingo tokenizer --shards DIR --vocab-size N --out tokenizer.json`` trains a
 byte-level BPE on the corpus; ``train-flamingo caption --checkpoint RUN_DIR --image FILE`` captions
-an image with a trained run. See docs/TRAINING.md for pods and GPU clusters.
+an image with a trained run; ``train-flamingo eval --checkpoint RUN_DIR --task TASK --data DIR`` runs
+the few-shot benchmarks (docs/EVAL.md). See docs/TRAINING.md for pods and GPU clusters.
 """
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ class TrainConfig:
     async_checkpoint: bool = True
     progress: bool = True
     peak_flops: float | None = None  # per device; None: known accelerators, or a measured matmul on CPU
+    eval_every: int = 0  # few-shot evaluation every N steps (0: never); logged next to the loss
+    eval_tasks: list[str] = dataclasses.field(default_factory=list)  # model/eval/tasks.py names
+    eval_data: list[str] = dataclasses.field(default_factory=list)  # one benchmark folder per task
+    eval_shots: list[int] = dataclasses.field(default_factory=lambda: [0])
+    eval_samples: int = 64  # queries per task and evaluation: a quick signal, not the full benchmark
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TrainConfig":
@@ -498,6 +504,8 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
 
     # ----- Set up mesh -----
     mesh_shape = parse_mesh(tc.mesh)
+    if tc.eval_every:
+        check_eval(tc)
 
     # ----- Model config and tokenizer -----
     files = {d.name: list_shards(d.shards) for d in tc.datasets}
@@ -570,6 +578,7 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
         bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", file=sys.stderr)
     peak, peak_src = peak_flops_per_device(tc)
     records: list[dict[str, Any]] = []
+    evaluator = periodic_eval(tc, cfg, tok, trainer.mesh) if tc.eval_every else None
 
     # ----- Train -----
     names = [d.name for d in tc.datasets]
@@ -606,6 +615,15 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
             for k, v in rec.items():
                 if k != "step":
                     tb.add_scalar(k, v, step + 1)
+        if evaluator and (step + 1) % tc.eval_every == 0:
+            ev = {"step": step + 1, **evaluator(state["params"], step + 1)}
+            rec.update(ev)
+            if logf:
+                logf.write(json.dumps(ev) + "\n")
+                logf.flush()
+                for k, v in ev.items():
+                    if k != "step":
+                        tb.add_scalar(k, v, step + 1)
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
@@ -625,6 +643,37 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
         mfu = f", MFU {last['mfu']:.3f} of {peak_src}" if "mfu" in last else ""
         _say(f"done: step {last['step']}, loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f}{mfu}")
     return records
+
+
+def check_eval(tc: TrainConfig):
+    """The tasks of ``--eval-task``, checked before any compiling or loading."""
+    from model.eval.tasks import get_task
+
+    if len(tc.eval_tasks) != len(tc.eval_data) or not tc.eval_tasks:
+        raise ValueError("--eval-every needs --eval-task and one --eval-data folder per task")
+    return [get_task(t) for t in tc.eval_tasks]
+
+
+def periodic_eval(tc: TrainConfig, cfg, tok, mesh):
+    """(params, step) -> {"eval/<task>/<k>shot/<metric>": value} on the first ``eval_samples``
+    queries of each ``eval_tasks`` benchmark (random support, seeded; RICES features cached)."""
+    from model.eval.evaluate import EvalConfig, Model, evaluate
+
+    tasks = check_eval(tc)
+    data_axis = mesh.shape["data"]
+    ec = EvalConfig(shots=tuple(tc.eval_shots), batch_size=-(-8 // data_axis) * data_axis, seed=tc.seed,
+                    max_samples=tc.eval_samples, progress=False)
+
+    def run(params, step: int) -> dict[str, float]:
+        model = Model(cfg, tok, params, mesh, name=f"{tc.out}@{step}")
+        out: dict[str, float] = {}
+        for task, data in zip(tasks, tc.eval_data):
+            for shots, res in evaluate(model, task, data, ec).items():
+                out.update({f"eval/{task.name}/{shots}shot/{k}": v for k, v in res["mean"].items()})
+        _say(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+        return out
+
+    return run
 
 
 def load_pretrained(tc: TrainConfig) -> dict[str, tuple[Any, dict]]:
@@ -715,6 +764,11 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--peak-flops", type=float, help="per-device peak FLOP/s for MFU")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--eval-every", type=int, default=0, help="few-shot evaluation every N steps (0: never)")
+    p.add_argument("--eval-task", help="task(s) to evaluate, comma-separated (see train-flamingo eval)")
+    p.add_argument("--eval-data", help="benchmark folder(s), one per --eval-task, comma-separated")
+    p.add_argument("--eval-shots", default="0", help="shot counts, comma-separated")
+    p.add_argument("--eval-samples", type=int, default=64, help="queries per task and evaluation")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() (TPU pods / SLURM / env-configured clusters)")
     p.add_argument("--coordinator", help="host:port of process 0 (GPU clusters without auto-detection)")
@@ -856,6 +910,11 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_every=a.ckpt_every,
         progress=not a.no_progress,
         peak_flops=a.peak_flops,
+        eval_every=a.eval_every,
+        eval_tasks=a.eval_task.split(",") if a.eval_task else [],
+        eval_data=a.eval_data.split(",") if a.eval_data else [],
+        eval_shots=[int(x) for x in a.eval_shots.split(",")],
+        eval_samples=a.eval_samples,
     )
     try:
         train(tc)

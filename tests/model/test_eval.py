@@ -198,3 +198,27 @@ def test_eval_command_writes_results_and_prints_the_table(run_dir, fixtures, tmp
         main(["eval", "--checkpoint", str(run_dir), "--task", "okvqa,coco", "--data", str(fixtures["okvqa"])])
     with pytest.raises(SystemExit, match="unknown task"):
         main(["eval", "--checkpoint", str(run_dir), "--task", "mnist", "--data", str(fixtures["okvqa"])])
+
+
+def test_training_evaluates_every_n_steps_next_to_the_loss(eight, corpus, fixtures, tmp_path):
+    if not eight:
+        return
+    from model.tokenizer import byte_tokenizer
+    from model.train import main
+
+    tok = tmp_path / "tokenizer.json"
+    byte_tokenizer().save(tok)
+    out = tmp_path / "run"
+    # The hyperparameters of test_train's command-line run: in one process the step compiles once.
+    args = ["--shards", str(corpus["wds"]), "--config", "tiny", "--mesh", "data=4,model=2", "--steps", "2",
+            "--batch-size", "8", "--max-tokens", "64", "--lr", "3e-3", "--warmup-steps", "1", "--shuffle-buffer", "8",
+            "--tokenizer", str(tok), "--no-progress", "--out", str(out), "--eval-every", "2",
+            "--eval-task", "vqav2", "--eval-data", str(fixtures["vqav2"]), "--eval-samples", "4"]
+    with pytest.raises(SystemExit, match="one --eval-data folder per task"):
+        main(args[:-4] + ["--eval-task", "vqav2,coco"])
+    assert main(args) == 0
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if "eval/vqav2/0shot/VQA accuracy" in r]
+    assert [r["step"] for r in evals] == [2]
+    assert 0 <= evals[0]["eval/vqav2/0shot/VQA accuracy"] <= 100
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2]
