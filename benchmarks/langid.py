@@ -26,14 +26,13 @@ and fastText as OBELICS runs it (one prediction on the whole lower-cased text, P
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import os
 import platform
 import re
-import time
 from pathlib import Path
 
+from benchmarks.filters import _time
 from pipeline import langid
 from pipeline.config import Config
 from pipeline.extract import ExtractionError, extract_document
@@ -79,17 +78,6 @@ def load_pages(data: Path) -> dict[str, list[tuple[str, list[str], str | None]]]
             rows.append((path.name, texts, None))
     out["articles"] = rows
     return out
-
-
-def _best_cpu(fn, items, rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        gc.collect()
-        t0 = time.process_time()
-        for x in items:
-            fn(x)
-        best = min(best, time.process_time() - t0)
-    return best
 
 
 def _en_share(result: tuple[str, float]) -> float:
@@ -143,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         full = {p[0]: langid.detect(p[1], name, ["en"]) for p in everything}
         assert all((_en_share(res[u]) >= ms) == (_en_share(full[u]) >= ms) for u in res)
         results[name] = full
-        secs = _best_cpu(lambda p: langid.detect(p[1], name, ["en"], ms), everything, args.rounds)
+        secs = _time(lambda p: langid.detect(p[1], name, ["en"], ms), everything, args.rounds)
         _row(name, res, full, pages, foreign, labelled, ms, len(everything) / secs)
 
     default = Config().language.detector
@@ -163,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     print("fastText as OBELICS runs it (whole text, lower-cased, one prediction; score = P(en)):")
     print()
     res = {p[0]: obelics_fasttext(p[1]) for p in everything}
-    secs = _best_cpu(lambda p: obelics_fasttext(p[1]), everything, args.rounds)
+    secs = _time(lambda p: obelics_fasttext(p[1]), everything, args.rounds)
     print("| P(en) at least | Python docs kept | fr/de handbook pages dropped | articles kept | documents/s |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for thr in (0.5, 0.8):
