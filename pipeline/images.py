@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import math
 import threading
 import warnings
 import zlib
@@ -531,6 +530,7 @@ def decode_bytes(
     else:
         work = convert + 4 * n * 2  # RGB stored: its transpose and the encoded output
     return decoded + work
+
 
 # libwebp's animation decoder (Pillow's only WebP path) keeps a canvas and a copy of the previous
 # frame at 4 bytes per pixel each, and Pillow copies the frame out of it (4 more) before decoding
