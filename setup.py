@@ -56,7 +56,8 @@ setup(
     package_data={"pipeline": ["*.yaml", "presets/*.yaml", "data/*"]},
     # Beam workers (--setup_file) install the pipeline's needs only; the trainer's come with [train].
     install_requires=PIPELINE,
-    extras_require={"train": MODEL, "eval": MODEL + EVAL, "test": MODEL + EVAL + TEST},
+    # kenlm (OBELICS's perplexity check, off without a model) builds from C++ source for minutes: opt in.
+    extras_require={"train": MODEL, "eval": MODEL + EVAL, "test": MODEL + EVAL + TEST, "perplexity": ["kenlm"]},
     # The text filter chain's hot path (pipeline/filters.py has the same measures in Python).
     ext_modules=[Extension("pipeline._textchain", ["pipeline/_textchain.c"])],
     entry_points={

@@ -144,6 +144,24 @@ def _apply_flags(app: argparse.Namespace, resolved: Any) -> None:
         resolved.set("images.fetch", True, "--fetch-images")
 
 
+def _check_perplexity_model(cfg: Any) -> None:
+    """Load the KenLM model now (a wrong file is one line here); say so when the check is off."""
+    tf = cfg.text_filters
+    if tf.perplexity_model is None:
+        if tf.doc_max_perplexity is not None:
+            print(
+                "build-m3w: note: text_filters.doc_max_perplexity is set but no perplexity_model: the perplexity check is off",
+                file=sys.stderr,
+            )
+        return
+    from pipeline.perplexity import PerplexityError, load
+
+    try:
+        load(tf.perplexity_model)
+    except PerplexityError as e:
+        raise UserError(str(e)) from None
+
+
 def _check_eval_index(cfg: Any) -> None:
     """Read the evaluation index now, so a wrong file is one line here, not a worker's traceback."""
     from dedup.eval_index import EvalIndex, EvalIndexError, load_embedder
@@ -200,6 +218,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
         raise UserError(str(e)) from None
     if cfg.decontamination.index:
         _check_eval_index(cfg)
+    _check_perplexity_model(cfg)
     try:
         inputs = match_inputs(app.input)
     except InputError as e:

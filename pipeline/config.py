@@ -302,6 +302,9 @@ class TextFilterConfig:
     node_min_common_word_ratio: Fraction | None = None  # OBELICS: 0.8
     doc_min_punctuation_ratio: Fraction | None = None  # OBELICS: 0.03
     doc_min_common_word_ratio: Fraction | None = None  # OBELICS: 0.9
+    # OBELICS's KenLM perplexity (pipeline/perplexity.py): runs only with a local model file.
+    doc_max_perplexity: NonNegative | None = None  # OBELICS: 1500
+    perplexity_model: Annotated[str, Rule(kind="path")] | None = None  # a KenLM .arpa/.bin; None: the check is off
     doc_min_images: Count | None = 1
     doc_max_images: Count | None = None  # OBELICS: 30
     # Gopher quality (datatrove)

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from pipeline import filters as F
 from pipeline.config import Config, ConfigError, ResolvedConfig, resolve_config
+from pipeline.perplexity import PerplexityError
 from schemas.document import Document, ImageNode, Provenance, TextNode, from_json
 
 USAGE = "build-m3w explain --input WARC_OR_HTML_OR_JSONL [--url URL] [--preset NAME] [--config FILE] [--json]"
@@ -117,6 +118,10 @@ def explain_document(doc: Document, cfg: Config, resolved: ResolvedConfig | None
         check = next(c for c in F.doc_checks(tf) if c.name == reason)
         detail = F.detail(check, failed["value"])
 
+    perplexity = _perplexity(doc, nodes, tf, sources)
+    if reason is None and perplexity["pass"] is False:
+        reason, detail = "doc_max_perplexity", f"{perplexity['value']:.1f} (max {_v(tf.doc_max_perplexity)})"
+
     n_images = len(doc.images)
     return {
         "url": doc.url,
@@ -128,7 +133,7 @@ def explain_document(doc: Document, cfg: Config, resolved: ResolvedConfig | None
         "url_blocklists": url_info,
         "language": language,
         "nodes": nodes,
-        "document": {"checks": doc_checks},
+        "document": {"checks": doc_checks, "perplexity": perplexity},
         "images": {
             "count": n_images,
             "min": tf.doc_min_images,
@@ -138,6 +143,28 @@ def explain_document(doc: Document, cfg: Config, resolved: ResolvedConfig | None
             "note": "applied after images are resolved, not by the text filter stage",
         },
     }
+
+
+def _perplexity(doc: Document, nodes: list[dict[str, Any]], tf: Any, sources: dict[str, str]) -> dict[str, Any]:
+    """The KenLM check on the kept text, or why it is off."""
+    out: dict[str, Any] = {
+        "value": None,
+        "threshold": tf.doc_max_perplexity,
+        "model": tf.perplexity_model,
+        "pass": None,
+        "source": sources.get("text_filters.doc_max_perplexity", "default"),
+    }
+    if tf.doc_max_perplexity is None:
+        out["note"] = "off (text_filters.doc_max_perplexity is null)"
+    elif tf.perplexity_model is None:
+        out["note"] = "off: no text_filters.perplexity_model (a local KenLM model file)"
+    else:
+        from pipeline import perplexity as P
+
+        kept = "\n\n".join(n["text"] for n in nodes if n["type"] == "text" and n["verdict"] == "kept")
+        out["value"] = P.perplexity(P.load(tf.perplexity_model), kept)
+        out["pass"] = out["value"] <= tf.doc_max_perplexity
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +254,13 @@ def render(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    pp = report["document"].get("perplexity")
+    if pp and pp.get("threshold") is not None:
+        if pp["value"] is None:
+            out.append(f"  perplexity: {pp['note']}  (max {_v(pp['threshold'])}, from {pp['source']})")
+        else:
+            verdict = "pass" if pp["pass"] else "FAIL"
+            out.append(f"  perplexity: {pp['value']:.1f}  max {_v(pp['threshold'])}  {verdict}  (from {pp['source']}; {pp['model']})")
     out.append("  (image count is checked after images are resolved)")
     return "\n".join(out)
 
@@ -312,7 +346,7 @@ def main(argv: list[str]) -> int:
         if not found:
             where = f" with URL {args.url}" if args.url else ""
             raise ExplainError(f"no document{where} in {args.input}; check the URL (as in WARC-Target-URI)")
-    except (ConfigError, ExplainError) as e:
+    except (ConfigError, ExplainError, PerplexityError) as e:
         print(f"build-m3w explain: {e}", file=sys.stderr)
         return 2
     return 0

@@ -972,6 +972,15 @@ def filter_document(doc: Document, cfg: Config) -> tuple[Document | None, list[R
     if rejects:
         dropped = {r for r, _, _ in dropped_nodes}
         nodes = [n for j, n in enumerate(nodes) if j not in dropped]
+    tf = cfg.text_filters
+    if tf.perplexity_model is not None and tf.doc_max_perplexity is not None:  # last: it costs the most
+        from pipeline import perplexity as P
+
+        text = "\n\n".join(n.text for n in nodes if isinstance(n, TextNode))
+        pp = P.perplexity(P.load(tf.perplexity_model), text)
+        if pp > tf.doc_max_perplexity:
+            rejects.append(Reject.of(STAGE, PERPLEXITY, doc.provenance, doc.url, f"{pp:.1f} (max {_fmt(tf.doc_max_perplexity)})"))
+            return None, rejects
     return dataclasses.replace(doc, nodes=list(nodes), language=lang, language_score=round(score, 4)), rejects
 
 
@@ -995,6 +1004,7 @@ def _screen(doc: Document, texts: list[str], cfg: Config) -> tuple[str, float] |
 
 
 NODE_LANGUAGE = "node_language"  # the paragraph-level language check's reject reason
+PERPLEXITY = "doc_max_perplexity"  # the KenLM check's reject reason (pipeline/perplexity.py)
 
 
 def identify(texts: str | list[str], lc: LanguageConfig) -> tuple[str, float]:
@@ -1060,6 +1070,11 @@ class _FilterTextFn(beam.DoFn):
             self._counter(f"nodes_dropped_{n}")
         for n in [c.name for c in doc_checks(tf)] + ["language", "language_score", "url_domain_blocklist", "url_substring_blocklist"]:
             self._counter(f"dropped_{n}")
+        if tf.perplexity_model is not None and tf.doc_max_perplexity is not None:
+            from pipeline import perplexity
+
+            perplexity.load(tf.perplexity_model)  # in setup: a bad model fails the worker at start
+            self._counter(f"dropped_{PERPLEXITY}")
 
     def _counter(self, name: str):
         c = self._counters.get(name)

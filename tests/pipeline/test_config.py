@@ -458,3 +458,85 @@ def test_m3w_keeps_long_pages_that_pass_gopher_where_obelics_caps_them():
         capped = explain_document(doc, obelics.config, obelics)
         assert capped["verdict"] == "dropped" and capped["reason"] == "doc_max_words", (name, capped["reason"])
     assert seen == wanted
+
+
+# ---------------------------------------------------------------------------------------------
+# OBELICS's perplexity check: off without a model, and said so; with a local KenLM model, applied.
+
+ARPA = """\\data\\
+ngram 1=7
+ngram 2=1
+
+\\1-grams:
+-1.0\t<s>\t0
+-0.5\t</s>\t0
+-0.7\tthe\t0
+-0.8\tgarden\t0
+-0.9\tgrows\t0
+-1.0\tslowly\t0
+-3.0\t<unk>\t0
+
+\\2-grams:
+-0.3\t<s> the
+
+\\end\\
+"""
+
+
+def test_perplexity_check_is_off_without_a_model_and_explain_says_so(capsys):
+    from pipeline.explain import main as explain_main
+
+    cfg = load_config(preset="obelics")
+    assert cfg.text_filters.doc_max_perplexity == 1500 and cfg.text_filters.perplexity_model is None
+    assert explain_main(["--input", SAMPLE, "--preset", "obelics"]) == 0
+    assert "perplexity: off: no text_filters.perplexity_model" in capsys.readouterr().out
+
+
+def test_perplexity_check_drops_documents_above_the_threshold_with_a_local_model(tmp_path):
+    pytest.importorskip("kenlm", reason="the optional kenlm package: pip install -e '.[perplexity]'")
+    from pipeline import filters as F
+    from pipeline.explain import explain_document
+    from schemas.document import Document, ImageNode, Provenance, TextNode
+
+    model = tmp_path / "tiny.arpa"
+    model.write_text(ARPA)
+    path = tmp_path / "pp.yaml"
+    path.write_text(f"text_filters:\n  perplexity_model: {model}\n  doc_max_perplexity: 20\n")
+    cfg = load_config(str(path))
+
+    def doc(text: str) -> Document:
+        return Document("https://e.org/p", Provenance("x.warc", 0, 1, ""), [TextNode(text), ImageNode("https://e.org/a.jpg")])
+
+    import kenlm
+
+    lm = kenlm.Model(str(model))
+    from pipeline.perplexity import perplexity
+
+    # CCNet's formula by hand: log10 P of "<s> the garden grows slowly </s>" = -0.3 -0.8 -0.9 -1.0 -0.5
+    assert perplexity(lm, "The garden  grows slowly") == pytest.approx(10 ** (3.5 / 5))
+    known = " ".join(["the garden grows slowly"] * 20)
+    unknown = " ".join(["zebra quantum fjord"] * 30)
+    assert perplexity(lm, known) < 20 < perplexity(lm, unknown)
+    tf = cfg.text_filters
+    tf.doc_min_words = tf.gopher_min_stop_words = tf.gopher_min_alpha_words_ratio = None
+    tf.gopher_top_ngram_char_frac = tf.gopher_dup_ngram_char_frac = None
+    tf.gopher_max_dup_line_frac = tf.gopher_max_dup_para_frac = tf.gopher_max_dup_line_char_frac = tf.gopher_max_dup_para_char_frac = None
+    tf.node_max_char_10gram_repetition = tf.node_max_word_5gram_repetition = None
+    cfg.language.keep = cfg.language.min_score = None
+    kept, rejects = F.filter_document(doc(known), cfg)
+    assert kept is not None
+    kept, rejects = F.filter_document(doc(unknown), cfg)
+    assert kept is None and rejects[-1].reason == "doc_max_perplexity" and rejects[-1].detail.endswith("(max 20)")
+    report = explain_document(doc(unknown), cfg)
+    assert report["reason"] == "doc_max_perplexity" and report["document"]["perplexity"]["pass"] is False
+
+
+def test_a_file_that_is_not_a_kenlm_model_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("kenlm", reason="the optional kenlm package: pip install -e '.[perplexity]'")
+    bad = tmp_path / "not-a-model.bin"
+    bad.write_bytes(b"\x00junk" * 100)
+    path = tmp_path / "pp.yaml"
+    path.write_text(f"text_filters:\n  perplexity_model: {bad}\n  doc_max_perplexity: 1500\n")
+    assert build_m3w(["build", "--input", SAMPLE, "--output", str(tmp_path / "out"), "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a KenLM model" in err[0]
