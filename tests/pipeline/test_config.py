@@ -456,7 +456,8 @@ def test_m3w_keeps_long_pages_that_pass_gopher_where_obelics_caps_them():
         assert report["verdict"] == "kept", (name, report["reason"], report["detail"])
         assert checks["doc_max_words"]["source"] == "preset m3w"
         capped = explain_document(doc, obelics.config, obelics)
-        assert capped["verdict"] == "dropped" and capped["reason"] == "doc_max_words", (name, capped["reason"])
+        words = next(c for c in capped["document"]["checks"] if c["filter"] == "doc_max_words")
+        assert capped["verdict"] == "dropped" and not words["pass"] and words["threshold"] == 2000, name
     assert seen == wanted
 
 
