@@ -307,10 +307,10 @@ class EvalIndex:
 
     def save(self, path: str) -> None:
         """Write atomically (temporary file + rename) so a reader never sees half an index."""
-        from apache_beam.io.filesystems import FileSystems
-
         data = self.to_bytes()
         if "://" in path:
+            from apache_beam.io.filesystems import FileSystems  # only for URIs: local runs need no Beam
+
             with FileSystems.create(path) as f:
                 f.write(data)
             return
@@ -322,11 +322,15 @@ class EvalIndex:
     @classmethod
     def load(cls, path: str) -> "EvalIndex":
         """Read an index from a local path or any Beam FileSystem URI (gs://, s3://, ...)."""
-        from apache_beam.io.filesystems import FileSystems
-
         try:
-            with FileSystems.open(path) as f:
-                data = f.read()
+            if "://" in path:
+                from apache_beam.io.filesystems import FileSystems  # only for URIs: local runs need no Beam
+
+                with FileSystems.open(path) as f:
+                    data = f.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
         except (OSError, IOError) as e:
             raise EvalIndexError(f"evaluation index {path} cannot be read ({e}); build it with `build-m3w eval-index`") from None
         try:

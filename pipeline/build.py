@@ -132,11 +132,11 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
     from dedup.documents import DeduplicateDocuments
     from dedup.urls import DeduplicateUrls
     from pipeline.extract_stage import ExtractDocuments
-    from pipeline.filters import FilterText
+    from pipeline.filters_stage import FilterText
     from pipeline.images import DropRepeatedImages, ProcessImages
     from pipeline.join import AttachImages, SelectReferencedImages, image_refs
     from pipeline.shards import WriteShards, WriteSortedJsonLines
-    from pipeline.warc import ListPageCaptures, ReadReferencedImages, ReadWarcFiles
+    from pipeline.warc_stage import ListPageCaptures, ReadReferencedImages, ReadWarcFiles
 
     rejects = []
     paths = p | "WarcPaths" >> beam.Create(sorted(inputs))

@@ -315,7 +315,8 @@ def run_extract(argv: list[str]) -> int:
     except ConfigError as e:
         raise UserError(str(e)) from None
     out = sys.stdout
-    extractor = GuardedExtractor(cfg.extract, cfg.limits)  # a page that stalls costs parse_timeout_s
+    # A page that stalls costs parse_timeout_s; no threads here, so the child is a cheap fork.
+    extractor = GuardedExtractor(cfg.extract, cfg.limits, fork=True)
     for path in args.inputs:
         if not os.path.exists(path):
             raise UserError(f"input {path!r} not found; pass existing WARC or HTML files")

@@ -59,9 +59,12 @@ class GuardedExtractor:
     ``parse_timeout_s`` it runs in this process. Not thread-safe: one per thread (a DoFn instance).
     """
 
-    def __init__(self, cfg: ExtractConfig | None = None, limits: LimitsConfig | None = None) -> None:
+    def __init__(self, cfg: ExtractConfig | None = None, limits: LimitsConfig | None = None, fork: bool = False) -> None:
         self.cfg = cfg or ExtractConfig()
         self.limits = limits or LimitsConfig()
+        # fork: the child is a fork of this process (no second interpreter start and imports), for
+        # single-threaded callers such as the CLI; a Beam worker has threads and starts a fresh one.
+        self.fork = fork
         self.timeout_s = self.limits.parse_timeout_s or None
         self._proc: subprocess.Popen | None = None
         self._finalizer = None
@@ -78,12 +81,15 @@ class GuardedExtractor:
         """Start a child; it imports and reads the config while the caller goes on."""
         if self._proc is not None:
             self.restarts += 1
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.extract_guard"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
+        if self.fork:
+            proc = _fork_child()
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.extract_guard"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
         self._proc = proc
         self._finalizer = weakref.finalize(self, _stop, proc)
         for f in (proc.stdin, proc.stdout):
@@ -178,6 +184,48 @@ class GuardedExtractor:
         return Document(url=page.url, provenance=page.provenance, nodes=nodes, title=title)
 
 
+class _Forked:
+    """What the guard uses of ``Popen``'s interface, for a child made by ``os.fork``."""
+
+    def __init__(self, pid: int, stdin, stdout) -> None:
+        self.pid, self.stdin, self.stdout = pid, stdin, stdout
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+
+def _fork_child() -> _Forked:
+    to_child, to_us = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: serve, then leave without running the parent's exit handlers
+        try:
+            os.close(to_child[1])
+            os.close(to_us[0])
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _serve(to_child[0], to_us[1])
+        finally:
+            os._exit(0)
+    os.close(to_child[0])
+    os.close(to_us[1])
+    return _Forked(pid, os.fdopen(to_child[1], "wb", buffering=0), os.fdopen(to_us[0], "rb", buffering=0))
+
+
 def _stop(proc: subprocess.Popen) -> None:
     for f in (proc.stdin, proc.stdout):
         try:
@@ -239,14 +287,14 @@ def _read_blocking(f) -> bytes | None:
     return data if len(data) == size else None
 
 
-def _serve() -> None:
-    """The child: one page in, its nodes (or why not) out, until stdin closes."""
+def _serve(inp_fd: int = 0, out_fd: int | None = None) -> None:
+    """The child: one page in, its nodes (or why not) out, until its input closes."""
     import resource
     import traceback
 
-    inp = sys.stdin.buffer
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # stray prints go to stderr, not into the reply stream
+    inp = os.fdopen(inp_fd, "rb")
+    out = os.fdopen(os.dup(1) if out_fd is None else out_fd, "wb")
+    os.dup2(2, 1)  # stray prints go to stderr, not into the reply stream (or a forking CLI's output)
     try:
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
     except (ValueError, OSError):

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.fetch import ARCHIVE_DIR, ARCHIVE_NAME
-from pipeline.shards import MANIFEST, PARQUET_DIR, WDS_DIR
+from pipeline.layout import MANIFEST, PARQUET_DIR, WDS_DIR
 
 REJECTS_DIR = "rejects"
 DECONTAMINATION_DIR = "decontamination"

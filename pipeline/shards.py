@@ -27,12 +27,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline.layout import MANIFEST, PARQUET_DIR, WDS_DIR
 from schemas.arrow import ARROW_SCHEMA, to_row
 from schemas.document import Document, ImageNode, dumps
 
-WDS_DIR = "wds"
-PARQUET_DIR = "parquet"
-MANIFEST = "manifest.json"
 PARQUET_ROW_GROUP = 64  # documents per row group: bounded writer memory, still good scan speed
 _EXT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tiff"}
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
-from pipeline.shards import MANIFEST, PARQUET_DIR, WDS_DIR
+from pipeline.layout import MANIFEST, PARQUET_DIR, WDS_DIR
 from schemas.arrow import from_row
 from schemas.document import to_json, validate
 
