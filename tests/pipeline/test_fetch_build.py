@@ -8,7 +8,6 @@ import io
 import json
 import os
 
-import pytest
 import webdataset as wds
 import yaml
 from warcio.statusandheaders import StatusAndHeaders
@@ -150,13 +149,6 @@ def test_a_page_with_5000_images_costs_only_the_requests_it_can_keep(tmp_path):
     assert report["dropped"]["fetch"]["skipped_over_cap"] == 5000 - 41  # listed with the drops in the funnel
 
 
-def _cleanup_owns_the_archive() -> bool:
-    from pipeline import outputs
-
-    return ARCHIVE_DIR in outputs.OWNED_DIRS
-
-
-@pytest.mark.skipif(not _cleanup_owns_the_archive(), reason="the stale-file cleanup (pipeline/outputs.py) does not list fetched/ yet")
 def test_a_rerun_leaves_exactly_its_own_archive(tmp_path):
     """fetched/ after a rerun into the same output holds the new run's archive only (plus any
     file of another name, which m3w never deletes)."""
