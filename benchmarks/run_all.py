@@ -20,6 +20,7 @@ BENCHMARKS = [
     "benchmarks.phash_calibration",
     "benchmarks.train",
     "benchmarks.generate",
+    "benchmarks.eval",
 ]
 
 
