@@ -41,13 +41,11 @@ import zlib
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("M3W_SHARED_DATA", REPO.parent / "shared" / "data")) / "warc"
-SOURCES = [
-    "local_wget_crawls/pydocs.warc.gz",
-    "local_wget_crawls/handbook-fr-de.warc.gz",
-    "aut_test_resources/example.warc.gz",
-    "ukwa_webarchive_discovery/wikipedia-mona-lisa/flashfrozen-jwat-recompressed.warc.gz",
+from benchmarks.memory_1gb import DATA, REPO
+from benchmarks.memory_1gb import SOURCES as MEMORY_SOURCES
+
+# The memory benchmark's crawls, and those that add pages with their own images.
+SOURCES = MEMORY_SOURCES + [
     "node_warc_tests/books.toscrape.warc",
     "pywb_sample_archive/warcs/iana.warc.gz",
     "ipwb_samples/sample-1.warc.gz",

@@ -6,7 +6,7 @@
                                  └─ SelectReferencedImages ◄────────────────────────────┤
                                  (FetchImages for missing) ─ ProcessImages ─ AttachImages
       ─ DropRepeatedImages ─ Decontaminate ─ DeduplicateDocuments ─ FinalizeDocuments ─ WriteShards
-    every stage's ``rejects`` (single or batched) ─ Flatten ─ WriteRejects
+    every stage's ``rejects`` (single or batched) ─ lines spilled to sorted runs in that stage ─ WriteRejects
 
 Run it with ``build-m3w build`` (pipeline/cli.py) or ``run(argv)``; runner options pass through.
 """
@@ -204,9 +204,7 @@ def build_pipeline(p: beam.Pipeline, inputs: list[str], output: str, cfg: Config
 
     _ = final.documents | "WriteShards" >> WriteShards(output, cfg.output.formats, cfg.output.shard_size)
     if cfg.output.rejects:
-        _ = (
-            rejects
-            | "FlattenRejects" >> beam.Flatten()
-            | "RejectsToJson" >> beam.FlatMap(rejects_to_lines(cfg.output.rejects_sample_rate))
-            | "WriteRejects" >> WriteSortedJsonLines(output, f"{REJECTS_DIR}/rejects")
-        )
+        # Each stage's rejects are turned into lines and spilled to sorted runs where they are
+        # made; only the runs' descriptors meet in a Flatten (no reject line is buffered between stages).
+        to_lines = rejects_to_lines(cfg.output.rejects_sample_rate)
+        _ = tuple(rejects) | "WriteRejects" >> WriteSortedJsonLines(output, f"{REJECTS_DIR}/rejects", to_lines=to_lines)

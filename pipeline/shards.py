@@ -337,14 +337,27 @@ class WriteSortedJsonLines(beam.PTransform):
     So memory is flat in the number of lines on every runner, the local one included.
     """
 
-    def __init__(self, output_dir: str, prefix: str, rows_per_file: int = 100_000, spill_bytes: int = 32 << 20) -> None:
+    def __init__(
+        self, output_dir: str, prefix: str, rows_per_file: int = 100_000, spill_bytes: int = 32 << 20, to_lines: Any = None
+    ) -> None:
         super().__init__()
         self.output_dir, self.prefix, self.rows_per_file, self.spill_bytes = output_dir, prefix, rows_per_file, spill_bytes
+        self.to_lines = to_lines
 
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+    def expand(self, batches: Any) -> beam.PCollection:
+        """``batches``: one PCollection, or several (a tuple or list), each spilled where it is
+        made: only the small run descriptors are flattened, so no runner buffers the lines
+        between the stages that make them and this one (a Flatten of many stages' outputs
+        would). ``to_lines`` (element → iterable of line batches) is applied to each first."""
         per_file = self.rows_per_file
         folder, _, stem = f"{self.output_dir.rstrip('/')}/{self.prefix}".rpartition("/")
-        runs = batches | "SpillSortedRuns" >> beam.ParDo(_SpillLinesFn(folder, stem, self.spill_bytes))
+        inputs = list(batches) if isinstance(batches, (tuple, list)) else [batches]
+        parts = []
+        for i, pcoll in enumerate(inputs):
+            if self.to_lines is not None:
+                pcoll = pcoll | f"ToLines{i}" >> beam.FlatMap(self.to_lines)
+            parts.append(pcoll | f"SpillSortedRuns{i}" >> beam.ParDo(_SpillLinesFn(folder, stem, self.spill_bytes)))
+        runs = parts[0] if len(parts) == 1 else tuple(parts) | "AllRuns" >> beam.Flatten()
         total = runs | "CountLines" >> beam.Map(lambda r: r[1]) | "Total" >> beam.CombineGlobally(sum)
         n_files = total | "NumFiles" >> beam.Map(lambda n: lines_num_files(n, per_file) if n else 0)
         runs_side = beam.pvalue.AsList(runs | "RunIndexes" >> beam.Map(lambda r: (r[0], r[2])))
