@@ -823,22 +823,14 @@ class _FileReader:
             if base >= end:
                 break
             if resync_from >= 0:
-                nxt = _next_record_start(stream, resync_from, gz, kind)
-                if nxt is None:
-                    break
-                self.stats["resynced_after_damage"] += 1
-                base = nxt
+                base = self._resync(stream, resync_from, gz, kind)
                 if base >= end:
                     break
                 continue
             if damage is None and last is not None and last.short_read:
                 # A corrupt gzip member can end both readers quietly inside a record; that record
                 # is rejected as truncated, and reading goes on after it.
-                nxt = _next_record_start(stream, last.offset + 1, gz, kind)
-                if nxt is None:
-                    break
-                self.stats["resynced_after_damage"] += 1
-                base = nxt
+                base = self._resync(stream, last.offset + 1, gz, kind)
                 if base >= end:
                     break
                 continue
@@ -847,15 +839,19 @@ class _FileReader:
             if held is not None and damage.offset != base:
                 yield held
             held = damage  # one damaged stretch, reported once at its most precise offset
-            nxt = _next_record_start(stream, max(damage.offset, base) + 1, gz, kind)
-            if nxt is None:
-                break
-            self.stats["resynced_after_damage"] += 1
-            base = nxt
+            base = self._resync(stream, max(damage.offset, base) + 1, gz, kind)
             if base >= end:
                 break
         if held is not None:
             yield held
+
+    def _resync(self, stream, at: int, gz: bool, kind: str) -> int:
+        """The next record start at or after ``at`` (counted as a resync), or past any end when none."""
+        nxt = _next_record_start(stream, at, gz, kind)
+        if nxt is None:
+            return 1 << 62
+        self.stats["resynced_after_damage"] += 1
+        return nxt
 
     _frame_stream = None  # the seekable uncompressed stream being read, while records are checked
 

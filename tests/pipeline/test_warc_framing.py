@@ -82,7 +82,7 @@ def test_a_genuine_record_over_max_record_bytes_is_skipped_whole():
         assert [r.reason for r in rejects] == ["record_too_large"], layout
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     layout=st.sampled_from(LAYOUTS),
     sizes=st.lists(st.integers(0, 1500), min_size=2, max_size=7),
@@ -103,11 +103,22 @@ def test_every_valid_record_is_read_or_a_counted_reject(layout, sizes, victim, c
     recs = [record(i, n, content_length=cl if i == victim else None) for i, n in enumerate(sizes)]
     pages, rejects, stats = read(build(recs, layout))
     others = urls(len(sizes), skip=victim)
+    swallowing = False
+    if layout != "gzip_records":
+        # A claim that ends exactly where a later record ends (give or take its closing CRLFs)
+        # makes the records in between the victim's body: a body may hold WARC records, so
+        # nothing tells them apart. Only those may be missing.
+        starts = [sum(len(r) for r in recs[:i]) for i in range(len(recs) + 1)]
+        claim_end = starts[victim] + recs[victim].index(b"\r\n\r\n") + 4 + cl
+        for j in range(victim + 1, len(recs)):
+            if abs(claim_end + 4 - starts[j + 1]) <= 4:
+                others -= {f"http://framing.example/{i}" for i in range(victim + 1, j + 1)}
+                swallowing = True
     assert "read_error" not in {r.reason for r in rejects}, [r.detail for r in rejects]  # no reader bug behind a reject
     assert others <= set(pages), (layout, cl, true, sorted(others - set(pages)), [(r.reason, r.url) for r in rejects])
     for i, n in enumerate(sizes):
         url = f"http://framing.example/{i}"
-        if i != victim:
+        if url in others:
             assert pages[url].html.count("page-") == 1 and f"page-{i}-" + "x" * n + "</p>" in pages[url].html
     victim_url = f"http://framing.example/{victim}"
     if cl == true:
@@ -115,7 +126,7 @@ def test_every_valid_record_is_read_or_a_counted_reject(layout, sizes, victim, c
     else:
         # either read (a short claim can still hold the whole page) or rejected, never silent
         assert victim_url in pages or rejects or stats["resynced_after_damage"], (layout, cl, true)
-        if victim_url in pages and layout != "gzip_records":
+        if victim_url in pages and layout != "gzip_records" and not swallowing:
             # In per-record gzip a claim past the member's end but under max_record_bytes reads
             # on into the next member (which is still read itself): the one damaged record is
             # not pinned down without inflating every member twice.
