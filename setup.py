@@ -22,6 +22,7 @@ PIPELINE = [
     "faiss-cpu",
     "pyarrow",
     "webdataset",
+    "msgpack",
     "numpy",
     "pyyaml",
     "protego",
@@ -45,7 +46,8 @@ MODEL = [
 ]
 # Few-shot evaluation (train-flamingo eval): the COCO caption toolkit's CIDEr (its tokenizer runs Java).
 EVAL = ["pycocoevalcap"]
-TEST = ["pytest", "pytest-timeout", "hypothesis", "datasketch", "torch", "transformers"]
+# datasets and pandas: the client tests read the shards as their users do (tests/clients/).
+TEST = ["pytest", "pytest-timeout", "hypothesis", "datasketch", "torch", "transformers", "datasets", "pandas"]
 
 setup(
     name="m3w",

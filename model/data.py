@@ -2,10 +2,17 @@
 
 Three kinds of data feed the trainer:
 
-* **interleaved** documents (M3W): webdataset tar shards (``<doc_id>.json`` = ``schemas.document.dumps``
-  plus ``<doc_id>.<position>.<ext>`` image members, position = index in ``nodes``) or Parquet shards
-  (columns ``doc_id``, ``url``, ``texts``, ``images``, ``metadata``, ``general_metadata``,
-  ``image_bytes``; ``image_bytes`` is aligned with ``texts``/``images`` and null at text positions);
+* **interleaved** documents, from any of (docs/FORMATS.md):
+  - m3w webdataset shards (``<doc_id>.json`` = ``schemas.document.dumps`` plus ``<doc_id>.images.mp``,
+    or the 1.0/1.1 layout with a ``<doc_id>.<position>.<ext>`` member per image);
+  - MMC4 webdataset shards (one ``.json`` per document: ``text_list``, ``image_info`` with
+    ``image_base64``), m3w's ``--format mmc4`` or anyone's; MMC4 as published (``.jsonl``, no bytes);
+  - Parquet shards with OBELICS's columns (``texts``, ``images``, ...): m3w's, with ``image_bytes``,
+    or OBELICS as published, with image URLs only;
+  images a shard holds no bytes for are taken from ``DataConfig.image_cache`` (``cache_image``
+  says where a URL's bytes go) or left out, counted in ``stats["dropped_image_not_cached"]``;
+  every reader yields the same raw element: texts and image bytes aligned, consecutive texts
+  merged as OBELICS merges them, so a document gives the same samples from every format;
 * image–text **pairs**: tar shards of ``<key>.jpg|png|webp`` + ``<key>.txt``;
 * video–text **clips**: tar shards of ``<key>.<frame>.jpg`` frames (or one ``<key>.npy`` uint8
   ``[T, H, W, 3]``) + ``<key>.txt``.
@@ -29,9 +36,11 @@ side, L = tokens)::
 """
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 import glob
+import hashlib
 import io
 import json
 import os
@@ -48,6 +57,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from model.tokenizer import EOC_TOKEN, IMAGE_TOKEN, TextTokenizer
+from schemas.arrow import TEXT_JOINER
+from schemas.samples import mmc4_positions, tar_add, unpack_images
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 KINDS = ("interleaved", "pairs", "videos")
@@ -69,6 +80,7 @@ class DataConfig:
     seed: int = 0
     workers: int = 2  # threads decoding images / tokenizing (PIL and tokenizers release the GIL)
     prefetch_batches: int = 2  # batches built ahead of the training step
+    image_cache: str | None = None  # folder of image bytes for URL-only shards (``cache_image``)
 
 
 class Drop(Exception):
@@ -86,7 +98,8 @@ class Drop(Exception):
 def list_shards(spec: str | os.PathLike | Iterable[str]) -> list[str]:
     """Shard files from a directory, a glob, a file, or a list of those; sorted, de-duplicated.
 
-    Only data files are taken from a directory: ``*.tar``, ``*.tar.gz``, ``*.tgz``, ``*.parquet``.
+    Only data files are taken from a directory: ``*.tar``, ``*.tar.gz``, ``*.tgz``, ``*.parquet``
+    (MMC4's ``.jsonl`` only when named or globbed: a corpus folder's rejects are JSON lines too).
     """
     if isinstance(spec, (str, os.PathLike)):
         spec = [os.fspath(spec)]
@@ -112,36 +125,122 @@ def _tar_members(path: str) -> Iterator[dict[str, Any]]:
         yield from group_by_keys(members)
 
 
-def read_wds_documents(path: str, stats: collections.Counter | None = None) -> Iterator[dict[str, Any]]:
-    """Raw interleaved documents of one m3w webdataset shard.
+def cache_path(image_cache: str, url: str) -> str:
+    """Where the image cache holds a URL's bytes: ``<cache>/<sha256 of the URL, hex>`` (any format)."""
+    return os.path.join(image_cache, hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest())
 
-    Yields ``{"key", "texts": [str|None], "images": [bytes|None]}`` aligned with the document's
-    ``nodes``; an image whose member is absent has ``None`` bytes. Tar groups without a document
-    are counted in ``stats["dropped_incomplete_sample"]``.
+
+def cache_image(image_cache: str, url: str, data: bytes) -> str:
+    """Store ``data`` as the cached bytes of ``url`` (e.g. from img2dataset's output); returns the path."""
+    os.makedirs(image_cache, exist_ok=True)
+    path = cache_path(image_cache, url)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _cached(image_cache: str | None, url: str | None, name: str | None, stats: collections.Counter | None) -> bytes | None:
+    """Bytes of an image a shard holds no bytes for: by URL, else (MMC4) by ``image_name``."""
+    if image_cache:
+        for path in ([cache_path(image_cache, url)] if url else []) + ([os.path.join(image_cache, name)] if name else []):
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                pass
+    _count(stats, "dropped_image_not_cached")
+    return None
+
+
+def merge_texts(texts: list[str | None], images: list[Any]) -> tuple[list[str | None], list[Any]]:
+    """Consecutive text positions merged into one, joined as OBELICS joins them (``TEXT_JOINER``).
+
+    A position with neither text nor image (an image whose bytes are unknown) still separates texts,
+    as it does in the Parquet shards.
+    """
+    out_t: list[str | None] = []
+    out_i: list[Any] = []
+    for text, img in zip(texts, images):
+        if text is not None and out_t and out_t[-1] is not None:
+            out_t[-1] = out_t[-1] + TEXT_JOINER + text
+            continue
+        out_t.append(text)
+        out_i.append(img)
+    return out_t, out_i
+
+
+def _document(key: str, texts: list[str | None], images: list[Any]) -> dict[str, Any]:
+    texts, images = merge_texts(texts, images)
+    return {"key": key, "texts": texts, "images": images}
+
+
+def _mmc4_document(obj: dict[str, Any], key: str, image_cache: str | None, stats: collections.Counter | None) -> dict[str, Any]:
+    texts, infos = mmc4_positions(obj)
+    images = []
+    for info in infos:
+        if info is None:
+            images.append(None)
+        elif "image_base64" in info:
+            images.append(base64.b64decode(info["image_base64"]))
+        else:
+            images.append(_cached(image_cache, info.get("raw_url"), info.get("image_name"), stats))
+    return _document(obj.get("doc_id") or key, texts, images)
+
+
+def read_wds_documents(
+    path: str, stats: collections.Counter | None = None, image_cache: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Raw interleaved documents of one webdataset shard: m3w's (``nodes``) or MMC4's (``text_list``).
+
+    Yields ``{"key", "texts": [str|None], "images": [bytes|None]}``, aligned, consecutive texts
+    merged (``merge_texts``); an image whose bytes are absent has ``None``. Tar groups without a
+    document are counted in ``stats["dropped_incomplete_sample"]``.
     """
     for sample in _tar_members(path):
         if "json" not in sample:
             _count(stats, "dropped_incomplete_sample")
             continue
         doc = json.loads(sample["json"])
+        if "text_list" in doc:
+            yield _mmc4_document(doc, sample["__key__"], image_cache, stats)
+            continue
         nodes = doc["nodes"]
-        by_pos: dict[int, bytes] = {}
-        for suffix, value in sample.items():
-            head, _, ext = suffix.partition(".")
-            if head.isdigit() and ext:  # any extension: the bytes decide (the pipeline writes .bin for unknown formats)
-                by_pos[int(head)] = value
+        data = unpack_images(sample, len(nodes))
         texts = [n.get("text") if n["type"] == "text" else None for n in nodes]
-        images = [by_pos.get(i) if n["type"] == "image" else None for i, n in enumerate(nodes)]
-        yield {"key": doc.get("doc_id", sample["__key__"]), "texts": texts, "images": images}
+        images = [data[i] if n["type"] == "image" else None for i, n in enumerate(nodes)]
+        yield _document(doc.get("doc_id", sample["__key__"]), texts, images)
 
 
-def read_parquet_documents(path: str, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
-    """Raw interleaved documents of one Parquet shard (same element shape as ``read_wds_documents``)."""
+def read_mmc4_jsonl(path: str, stats: collections.Counter | None = None, image_cache: str | None = None) -> Iterator[dict[str, Any]]:
+    """MMC4 as published: one JSON document per line, images by ``image_name`` or URL in the cache."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                yield _mmc4_document(json.loads(line), f"{os.path.basename(path)}:{i}", image_cache, stats)
+
+
+def read_parquet_documents(
+    path: str, batch_rows: int = 64, stats: collections.Counter | None = None, image_cache: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Raw interleaved documents of one Parquet shard with OBELICS's ``texts``/``images`` columns
+    (same element shape as ``read_wds_documents``): m3w's, whose ``image_bytes`` hold the images,
+    or OBELICS's as published, whose images come from ``image_cache`` by URL."""
     pf = pq.ParquetFile(path)
-    for rb in pf.iter_batches(batch_size=batch_rows, columns=["doc_id", "texts", "image_bytes"]):
+    names = set(pf.schema_arrow.names)
+    columns = [c for c in ("doc_id", "texts") if c in names] + ["image_bytes" if "image_bytes" in names else "images"]
+    row = 0
+    for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
         cols = rb.to_pydict()
-        for doc_id, texts, image_bytes in zip(cols["doc_id"], cols["texts"], cols["image_bytes"]):
-            yield {"key": doc_id, "texts": list(texts), "images": list(image_bytes)}
+        for i, texts in enumerate(cols["texts"]):
+            key = cols["doc_id"][i] if "doc_id" in cols else f"{os.path.basename(path)}:{row}"
+            row += 1
+            if "image_bytes" in cols:
+                images = list(cols["image_bytes"][i])
+            else:
+                images = [_cached(image_cache, url, None, stats) if url else None for url in cols["images"][i]]
+            yield _document(key, list(texts), images)
 
 
 def read_pairs(path: str, stats: collections.Counter | None = None) -> Iterator[dict[str, Any]]:
@@ -179,9 +278,15 @@ def _count(stats: collections.Counter | None, key: str) -> None:
         stats[key] += 1
 
 
-def read_shard(path: str, kind: str, stats: collections.Counter | None = None) -> Iterator[dict[str, Any]]:
+def read_shard(
+    path: str, kind: str, stats: collections.Counter | None = None, image_cache: str | None = None
+) -> Iterator[dict[str, Any]]:
     if kind == "interleaved":
-        return read_parquet_documents(path) if path.endswith(".parquet") else read_wds_documents(path, stats)
+        if path.endswith(".parquet"):
+            return read_parquet_documents(path, stats=stats, image_cache=image_cache)
+        if path.endswith(".jsonl"):
+            return read_mmc4_jsonl(path, stats, image_cache)
+        return read_wds_documents(path, stats, image_cache)
     if kind == "pairs":
         return read_pairs(path, stats)
     if kind == "videos":
@@ -195,20 +300,18 @@ def read_shard(path: str, kind: str, stats: collections.Counter | None = None) -
 
 def write_wds_shard(path: str, docs: Iterable[Any]) -> int:
     """Write ``schemas.document.Document``s (image bytes in ``ImageNode.data``) as an m3w wds shard."""
-    import tarfile
+    from schemas.samples import write_wds
 
-    from schemas.document import ImageNode, dumps
+    with open(path, "wb") as f:
+        return write_wds(f, docs)
 
-    n = 0
-    with tarfile.open(path, "w") as tar:
-        for doc in docs:
-            _tar_add(tar, f"{doc.doc_id}.json", dumps(doc))
-            for i, node in enumerate(doc.nodes):
-                if isinstance(node, ImageNode) and node.data is not None:
-                    ext = {"jpeg": "jpg"}.get(node.format or "jpeg", node.format or "jpg")
-                    _tar_add(tar, f"{doc.doc_id}.{i:04d}.{ext}", node.data)
-            n += 1
-    return n
+
+def write_mmc4_shard(path: str, docs: Iterable[Any]) -> int:
+    """Write documents as an MMC4 webdataset shard (``schemas.samples.mmc4_json``)."""
+    from schemas.samples import write_mmc4
+
+    with open(path, "wb") as f:
+        return write_mmc4(f, docs)
 
 
 def write_parquet_shard(path: str, docs: Iterable[Any]) -> int:
@@ -227,8 +330,8 @@ def write_pair_shard(path: str, pairs: Iterable[tuple[str, bytes, str]]) -> int:
     n = 0
     with tarfile.open(path, "w") as tar:
         for key, img, caption in pairs:
-            _tar_add(tar, f"{key}.jpg", img)
-            _tar_add(tar, f"{key}.txt", caption.encode("utf-8"))
+            tar_add(tar, f"{key}.jpg", img)
+            tar_add(tar, f"{key}.txt", caption.encode("utf-8"))
             n += 1
     return n
 
@@ -241,19 +344,10 @@ def write_video_shard(path: str, clips: Iterable[tuple[str, list[bytes], str]]) 
     with tarfile.open(path, "w") as tar:
         for key, frames, caption in clips:
             for i, fr in enumerate(frames):
-                _tar_add(tar, f"{key}.{i:03d}.jpg", fr)
-            _tar_add(tar, f"{key}.txt", caption.encode("utf-8"))
+                tar_add(tar, f"{key}.{i:03d}.jpg", fr)
+            tar_add(tar, f"{key}.txt", caption.encode("utf-8"))
             n += 1
     return n
-
-
-def _tar_add(tar: Any, name: str, data: bytes) -> None:
-    import tarfile
-
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # reproducible shards
-    tar.addfile(info, io.BytesIO(data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +529,8 @@ BUILDERS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 
 
 def raw_stream(
-    files: list[str], kind: str, seed: int, host: int = 0, num_hosts: int = 1, stats: collections.Counter | None = None
+    files: list[str], kind: str, seed: int, host: int = 0, num_hosts: int = 1, stats: collections.Counter | None = None,
+    image_cache: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Endless raw elements for one host: per-epoch seeded shard order, shards split across hosts.
 
@@ -451,7 +546,7 @@ def raw_stream(
         mine = order if stride else order[host::num_hosts]
         k = 0
         for path in mine:
-            for rec in read_shard(path, kind, stats):
+            for rec in read_shard(path, kind, stats, image_cache):
                 if not stride or k % num_hosts == host:
                     yield rec
                 k += 1
@@ -522,7 +617,7 @@ class Loader:
 
     def _raw(self, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
         rng = np.random.default_rng([self.cfg.seed, self.host, 7])
-        raw = raw_stream(self.files, self.kind, self.cfg.seed, self.host, self.num_hosts, self.stats)
+        raw = raw_stream(self.files, self.kind, self.cfg.seed, self.host, self.num_hosts, self.stats, self.cfg.image_cache)
         stream = shuffle(raw, self.cfg.shuffle_buffer, rng)
         for j, rec in enumerate(stream):
             if j >= start:

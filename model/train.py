@@ -82,6 +82,7 @@ class TrainConfig:
     eval_data: list[str] = dataclasses.field(default_factory=list)  # one benchmark folder per task
     eval_shots: list[int] = dataclasses.field(default_factory=lambda: [0])
     eval_samples: int = 64  # queries per task and evaluation: a quick signal, not the full benchmark
+    image_cache: str | None = None  # image bytes for URL-only shards (OBELICS/MMC4 as published)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TrainConfig":
@@ -560,6 +561,7 @@ def train(tc: TrainConfig) -> list[dict[str, Any]]:
             shuffle_buffer=tc.shuffle_buffer,
             seed=tc.seed + 1000 * len(loaders),
             workers=tc.workers,
+            image_cache=tc.image_cache,
         )
         loaders[d.name] = Loader(files[d.name], d.kind, tok, d.batch_size // pcount, dc, pindex, pcount, positions[d.name])
     streams = {n: prefetch(l.batches(), l.cfg.prefetch_batches) for n, l in loaders.items()}
@@ -736,7 +738,9 @@ def _datasets_from_args(a) -> list[DatasetSpec]:
 
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train-flamingo", description="Train Flamingo on m3w shards.")
-    p.add_argument("--shards", nargs="+", help="m3w interleaved shards: dirs, globs or files (.tar / .parquet)")
+    p.add_argument("--shards", nargs="+",
+                   help="interleaved shards: dirs, globs or files: m3w wds, MMC4 (.tar, .jsonl), OBELICS/m3w Parquet")
+    p.add_argument("--image-cache", help="folder of image bytes for shards holding only URLs (docs/FORMATS.md)")
     p.add_argument("--pairs", nargs="+", help="image–text pair shards (<key>.jpg + <key>.txt)")
     p.add_argument("--videos", nargs="+", help="video–text shards (<key>.<frame>.jpg + <key>.txt)")
     p.add_argument("--weights", help="λ per dataset in the order m3w,pairs,videos (default 1 each)")
@@ -915,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_data=a.eval_data.split(",") if a.eval_data else [],
         eval_shots=[int(x) for x in a.eval_shots.split(",")],
         eval_samples=a.eval_samples,
+        image_cache=a.image_cache,
     )
     try:
         train(tc)

@@ -89,7 +89,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="build-m3w build", add_help=False)
     parser.add_argument("--input", nargs="+", action="extend", default=[], help="WARC/ARC files, directories, globs or URIs")
     parser.add_argument("--output", help="output directory (local path or any Beam FileSystem URI)")
-    parser.add_argument("--format", default=None, help="comma-separated output formats: wds,parquet")
+    parser.add_argument("--format", default=None, help="comma-separated output formats: wds,mmc4,parquet")
     parser.add_argument("--shard-size", dest="shard_size", type=int, default=None, help="documents per shard")
     parser.add_argument("--preset", default=None, help="corpus recipe: m3w (default), obelics, mmc4 (`build-m3w presets`)")
     parser.add_argument("--config", dest="m3w_config", default=None, help="YAML file whose keys override the preset's")
@@ -128,9 +128,11 @@ def _apply_flags(app: argparse.Namespace, resolved: Any) -> None:
     rules as the file and recorded as the source of their keys."""
     if app.format:
         formats = [f.strip() for f in app.format.split(",") if f.strip()]
-        bad = [f for f in formats if f not in ("wds", "parquet")]
+        from pipeline.config import OUTPUT_FORMATS
+
+        bad = [f for f in formats if f not in OUTPUT_FORMATS]
         if bad:
-            raise UserError(f"unknown output format {bad[0]!r}; use --format wds, parquet or wds,parquet")
+            raise UserError(f"unknown output format {bad[0]!r}; use --format with any of {','.join(OUTPUT_FORMATS)}")
         resolved.set("output.formats", formats, "--format")
     if app.shard_size is not None:
         if app.shard_size < 1:
@@ -194,7 +196,7 @@ def run_build(argv: list[str]) -> dict[str, Any]:
     if any(a in ("-h", "--help") for a in argv):
         print(
             "usage: build-m3w build --input GLOB... --output DIR [--preset NAME] [--config FILE]\n"
-            "                       [--format wds,parquet] [--shard-size N] [--eval-index INDEX] [--fetch-images] [beam options]\n"
+            "                       [--format wds,mmc4,parquet] [--shard-size N] [--eval-index INDEX] [--fetch-images] [beam options]\n"
             "--preset picks the recipe (m3w, the default; obelics; mmc4: `build-m3w presets`); --config FILE overrides it key by key.\n"
             "Beam options pass through, e.g. --runner DataflowRunner --project P --region R --temp_location gs://...,\n"
             "or --runner FlinkRunner --flink_master HOST:PORT. Default: Beam's FnApiRunner on all cores, never Prism."
@@ -259,7 +261,9 @@ def run_build(argv: list[str]) -> dict[str, Any]:
 
 
 def _dirs(formats: list[str]) -> list[str]:
-    return [{"wds": "wds", "parquet": "parquet"}[f] for f in formats]
+    from pipeline.layout import FORMAT_DIRS
+
+    return [FORMAT_DIRS[f] for f in formats]
 
 
 def _pipeline_options(argv: list[str]) -> Any:

@@ -208,7 +208,10 @@ IMAGE_FORMATS = ("bmp", "gif", "ico", "jpeg", "png", "tiff", "webp")
 FEATURE_BITS = {"phash64": 64, "phash256": 256, "phash64_trim": 64, "phash256_trim": 256}
 ImageFormat = Annotated[str, Rule(choices=IMAGE_FORMATS)]
 ImageFeature = Annotated[str, Rule(choices=tuple(FEATURE_BITS))]
-OutputFormat = OneOf("wds", "parquet")
+# wds: webdataset (m3w's documents + their images); mmc4: MMC4's JSON per document, images
+# inside (OpenFlamingo's loader); parquet: OBELICS's columns + image bytes. docs/FORMATS.md.
+OUTPUT_FORMATS = ("wds", "mmc4", "parquet")
+OutputFormat = OneOf(*OUTPUT_FORMATS)
 
 
 @dataclass

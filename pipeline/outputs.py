@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.fetch import ARCHIVE_DIR, ARCHIVE_NAME
-from pipeline.layout import MANIFEST, PARQUET_DIR, WDS_DIR
+from pipeline.layout import FORMAT_DIRS, MANIFEST
 
 REJECTS_DIR = "rejects"
 DECONTAMINATION_DIR = "decontamination"
-SHARD_DIRS = (WDS_DIR, PARQUET_DIR, "mmc4")
+SHARD_DIRS = tuple(FORMAT_DIRS.values())
 SIDE_OUTPUT_DIRS = (REJECTS_DIR, DECONTAMINATION_DIR)
 OWNED_DIRS = ("",) + SHARD_DIRS + SIDE_OUTPUT_DIRS + (ARCHIVE_DIR,)
 

@@ -1,4 +1,10 @@
-"""Sharded output: webdataset tar and Parquet shards, a manifest, and sorted JSON-lines side outputs.
+"""Sharded output: webdataset, MMC4 and Parquet shards, a manifest, and sorted JSON-lines side outputs.
+
+Sample formats (docs/FORMATS.md says which client reads which):
+
+* ``wds``: webdataset, ``<doc_id>.json`` + ``<doc_id>.images.mp`` per document (``schemas.samples``);
+* ``mmc4``: webdataset, one MMC4 ``<doc_id>.json`` per document, images inside (``schemas.samples``);
+* ``parquet``: OBELICS's columns plus m3w's (``schemas.arrow``).
 
 Shard contents are a pure function of the documents: a document goes to shard
 ``stable_hash(doc_id) % num_shards`` (``num_shards`` from the total count and the target shard
@@ -15,7 +21,6 @@ import math
 import os
 import pickle
 import sys
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -27,12 +32,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.layout import MANIFEST, PARQUET_DIR, WDS_DIR
+from pipeline.layout import FORMAT_DIRS, MANIFEST
 from schemas.arrow import ARROW_SCHEMA, to_row
-from schemas.document import Document, ImageNode, dumps
+from schemas.document import Document, ImageNode
+from schemas.samples import write_mmc4, write_wds
 
 PARQUET_ROW_GROUP = 64  # documents per row group: bounded writer memory, still good scan speed
-_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tiff"}
 
 
 def stable_hash(key: str) -> int:
@@ -42,16 +47,6 @@ def stable_hash(key: str) -> int:
 
 def shard_name(index: int, total: int, ext: str) -> str:
     return f"shard-{index:05d}-of-{total:05d}.{ext}"
-
-
-def image_member_name(doc_id: str, position: int, node: ImageNode) -> str:
-    return f"{doc_id}.{position:04d}.{_EXT.get(node.format or '', 'bin')}"
-
-
-def original_member_name(doc_id: str, position: int, node: ImageNode) -> str:
-    """The crawled bytes (``images.keep_originals``): ``<doc_id>.original.<pos>.<ext>``, a suffix
-    that readers looking for ``<pos>.<ext>`` members never take for the stored image."""
-    return f"{doc_id}.original.{position:04d}.{_EXT.get(node.original_format or '', 'bin')}"
 
 
 class _HashingWriter(io.RawIOBase):
@@ -91,30 +86,8 @@ def atomic_write(path: str, write_fn: Any) -> tuple[str, int]:
     return w.sha.hexdigest(), w.size
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # fixed metadata: byte-identical archives across runs
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_wds(fileobj: Any, docs: Iterable[Document]) -> None:
-    """One webdataset sample per document: ``<doc_id>.json`` then ``<doc_id>.<pos>.<ext>`` per image
-    (and ``<doc_id>.original.<pos>.<ext>`` where the crawled bytes are kept)."""
-    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for doc in docs:
-            _tar_add(tar, f"{doc.doc_id}.json", dumps(doc))
-            for pos, node in enumerate(doc.nodes):
-                if isinstance(node, ImageNode) and node.data is not None:
-                    _tar_add(tar, image_member_name(doc.doc_id, pos, node), node.data)
-                if isinstance(node, ImageNode) and node.original_data is not None:
-                    _tar_add(tar, original_member_name(doc.doc_id, pos, node), node.original_data)
-
-
-def write_parquet(fileobj: Any, docs: Iterable[Document]) -> None:
+def write_parquet(fileobj: Any, docs: Iterable[Document], originals: bool = False) -> None:
+    """Row groups of ``PARQUET_ROW_GROUP`` documents (``schemas.arrow``); ``originals`` is in the rows."""
     with pq.ParquetWriter(fileobj, ARROW_SCHEMA, compression="zstd") as writer:
         batch: list[dict[str, Any]] = []
         for doc in docs:
@@ -124,6 +97,10 @@ def write_parquet(fileobj: Any, docs: Iterable[Document]) -> None:
                 batch = []
         if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=ARROW_SCHEMA))
+
+
+# format -> (file extension, writer(fileobj, sorted documents, originals kept))
+_WRITERS = {"wds": ("tar", write_wds), "mmc4": ("tar", write_mmc4), "parquet": ("parquet", write_parquet)}
 
 
 class _SortedSpill:
@@ -166,15 +143,16 @@ class _WriteShardFn(beam.DoFn):
         index, docs = element
         spill = _SortedSpill()
         n_images = 0
+        originals = False
         try:
             for doc in docs:
                 spill.add(doc.doc_id, doc)
                 n_images += sum(1 for n in doc.nodes if isinstance(n, ImageNode) and n.data is not None)
-            writers = {"wds": (WDS_DIR, "tar", write_wds), "parquet": (PARQUET_DIR, "parquet", write_parquet)}
+                originals = originals or any(isinstance(n, ImageNode) and n.original_data is not None for n in doc.nodes)
             for fmt in self.formats:
-                folder, ext, fn = writers[fmt]
-                name = f"{folder}/{shard_name(index, num_shards, ext)}"
-                sha, size = atomic_write(FileSystems.join(self.output_dir, name), lambda f: fn(f, spill.sorted()))
+                ext, fn = _WRITERS[fmt]
+                name = f"{FORMAT_DIRS[fmt]}/{shard_name(index, num_shards, ext)}"
+                sha, size = atomic_write(FileSystems.join(self.output_dir, name), lambda f: fn(f, spill.sorted(), originals))
                 yield {"format": fmt, "path": name, "documents": len(spill), "images": n_images, "bytes": size, "sha256": sha}
         finally:
             spill.close()

@@ -1,7 +1,7 @@
 """``build-m3w verify DIR``: check a corpus against its manifest.
 
 Checks every shard the manifest lists (present, byte count, sha256), reads each one back
-(webdataset tar with ``tarfile``, Parquet with pyarrow), counts documents and images, validates
+(webdataset and MMC4 tars with ``tarfile``, Parquet with pyarrow), counts documents and images, validates
 every document against the schema, and flags files in the shard folders the manifest does not
 list (leftover temporary files included). Exit code 0 when all holds, 1 otherwise.
 """
@@ -15,11 +15,13 @@ import sys
 import tarfile
 from collections.abc import Iterator
 
+import msgpack
 import pyarrow.parquet as pq
 
-from pipeline.layout import MANIFEST, PARQUET_DIR, WDS_DIR
+from pipeline.layout import FORMAT_DIRS, MANIFEST
 from schemas.arrow import from_row
 from schemas.document import to_json, validate
+from schemas.samples import IMAGES_MEMBER, ORIGINALS_MEMBER
 
 
 def _sha256(path: str) -> tuple[str, int]:
@@ -32,16 +34,37 @@ def _sha256(path: str) -> tuple[str, int]:
 
 
 def _check_wds(path: str) -> tuple[int, int, list[str]]:
+    """Documents, stored images and schema errors of a wds shard (the 1.2 layout with an
+    ``images.mp`` member per document, or the 1.0/1.1 one with a member per image)."""
     docs = images = 0
     errors: list[str] = []
     with tarfile.open(path, "r|") as tar:
         for member in tar:
+            data = tar.extractfile(member).read()
             if member.name.endswith(".json"):
                 docs += 1
-                obj = json.loads(tar.extractfile(member).read())
-                errors += [f"{path}:{member.name}: {e}" for e in validate(obj)]
-            elif ".original." not in member.name:  # crawled bytes kept beside the stored image
-                images += 1
+                errors += [f"{path}:{member.name}: {e}" for e in validate(json.loads(data))]
+            elif member.name.endswith("." + IMAGES_MEMBER):
+                images += sum(1 for b in msgpack.unpackb(data) if b is not None)
+            elif not member.name.endswith("." + ORIGINALS_MEMBER) and ".original." not in member.name:
+                images += 1  # 1.0/1.1: one member per stored image
+    return docs, images, errors
+
+
+def _check_mmc4(path: str) -> tuple[int, int, list[str]]:
+    docs = images = 0
+    errors: list[str] = []
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            obj = json.loads(tar.extractfile(member).read())
+            docs += 1
+            n_texts = len(obj["text_list"])
+            for i, info in enumerate(obj["image_info"]):
+                images += "image_base64" in info
+                if not 0 <= info["matched_text_index"] < max(n_texts, 1):
+                    errors.append(f"{path}:{member.name}: image_info[{i}].matched_text_index out of text_list")
+            if len(obj["similarity_matrix"]) != len(obj["image_info"]):
+                errors.append(f"{path}:{member.name}: similarity_matrix rows differ from image_info")
     return docs, images, errors
 
 
@@ -81,15 +104,15 @@ def _entry_errors(entry: object, output_dir: str) -> list[str]:
     folder, _, name = entry["path"].partition("/")
     real_folder = os.path.realpath(os.path.join(output_dir, folder))
     if (
-        folder not in (WDS_DIR, PARQUET_DIR)
+        folder not in FORMAT_DIRS.values()
         or not name
         or "/" in name
         or name in (".", "..")
         or os.path.dirname(real_folder) != os.path.realpath(output_dir)
         or os.path.islink(os.path.join(output_dir, folder, name))
     ):
-        return [f"{entry['path']}: not a shard path inside {output_dir!r} (verify reads only wds/ and parquet/ files)"]
-    if entry["format"] not in ("wds", "parquet"):
+        return [f"{entry['path']}: not a shard path inside {output_dir!r} (verify reads only {'/, '.join(FORMAT_DIRS.values())}/ files)"]
+    if entry["format"] not in FORMAT_DIRS:
         return [f"{entry['path']}: unknown format {entry['format']!r}"]
     return []
 
@@ -120,7 +143,7 @@ def verify(output_dir: str) -> list[str]:
             errors.append(f"{entry['path']}: sha256 {sha[:12]}…, manifest says {entry['sha256'][:12]}…")
             continue  # contents are corrupt; reading them back would only repeat the point
         try:
-            check = _check_wds if entry["format"] == "wds" else _check_parquet
+            check = {"wds": _check_wds, "mmc4": _check_mmc4, "parquet": _check_parquet}[entry["format"]]
             docs, images, errs = check(path)
         except Exception as e:  # noqa: BLE001 - any read failure is a verification failure
             errors.append(f"{entry['path']}: unreadable ({type(e).__name__}: {e})")
@@ -130,7 +153,7 @@ def verify(output_dir: str) -> list[str]:
             errors.append(f"{entry['path']}: {docs} documents, manifest says {entry['documents']}")
         if images != entry["images"]:
             errors.append(f"{entry['path']}: {images} images, manifest says {entry['images']}")
-    for folder in (WDS_DIR, PARQUET_DIR):
+    for folder in FORMAT_DIRS.values():
         for path in _files(os.path.join(output_dir, folder)):
             if os.path.normpath(path) not in listed:
                 errors.append(f"{os.path.relpath(path, output_dir)}: not listed in the manifest")

@@ -13,9 +13,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-SCHEMA_VERSION = "1.1"
-# Versions ``validate`` accepts: 1.1 added ``original_format`` (absent from 1.0 documents).
-READABLE_VERSIONS = ("1.0", "1.1")
+SCHEMA_VERSION = "1.2"
+# Versions ``validate`` accepts: 1.1 added ``original_format`` (absent from 1.0 documents); 1.2
+# changed the shards around the same JSON: OBELICS's Parquet columns to the letter
+# (``schemas/arrow.py``) and one images member per webdataset sample (``pipeline/shards.py``).
+READABLE_VERSIONS = ("1.0", "1.1", "1.2")
 
 
 @dataclass

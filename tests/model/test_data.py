@@ -18,6 +18,7 @@ from model.data import (
     read_wds_documents,
 )
 from model.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
+from schemas.arrow import merged_positions
 from tests.model.conftest import make_documents
 
 CFG = DataConfig(image_size=32, max_tokens=128, shuffle_buffer=8, workers=1, seed=3)
@@ -34,8 +35,10 @@ def test_wds_and_parquet_shards_read_back_the_same_documents(corpus):
     docs = {d.doc_id: d for d in make_documents()}
     assert set(wds) == set(pq) == set(docs)
     for k, doc in docs.items():
-        assert wds[k]["texts"] == pq[k]["texts"] == doc.texts
-        expected = [getattr(n, "data", None) for n in doc.nodes]
+        # OBELICS's positions: the paragraphs between two images are one text.
+        nodes = merged_positions(doc.nodes)
+        assert wds[k]["texts"] == pq[k]["texts"] == [getattr(n, "text", None) for n in nodes]
+        expected = [getattr(n, "data", None) for n in nodes]
         assert wds[k]["images"] == pq[k]["images"] == expected
         assert sum(b is not None for b in expected) == 3
 
@@ -186,9 +189,10 @@ def test_shards_written_by_the_pipeline_load_into_batches(tmp_path, tok):
     wds = {d["key"]: d for d in read_wds_documents(str(tmp_path / "p.tar"))}
     pq = {d["key"]: d for d in read_parquet_documents(str(tmp_path / "p.parquet"))}
     for doc in docs:
-        expected = [getattr(n, "data", None) for n in doc.nodes]
+        nodes = merged_positions(doc.nodes)
+        expected = [getattr(n, "data", None) for n in nodes]
         assert wds[doc.doc_id]["images"] == pq[doc.doc_id]["images"] == expected
-        assert wds[doc.doc_id]["texts"] == pq[doc.doc_id]["texts"] == doc.texts
+        assert wds[doc.doc_id]["texts"] == pq[doc.doc_id]["texts"] == [getattr(n, "text", None) for n in nodes]
     cfg = DataConfig(image_size=16, max_tokens=64, shuffle_buffer=0, workers=1)
     for f in ("p.tar", "p.parquet"):
         batch = next(iter(Loader([str(tmp_path / f)], "interleaved", tok, 2, cfg)))

@@ -10,6 +10,7 @@ import io
 import json
 import os
 
+import msgpack
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -20,7 +21,7 @@ from pipeline.build import rejects_to_lines
 from pipeline.cli import main as build_m3w
 from pipeline.records import Reject
 from pipeline.verify import verify
-from schemas.arrow import from_row
+from schemas.arrow import from_row, merged_positions
 from schemas.document import ImageNode, TextNode, from_json, validate
 from tests.conftest import REPO, shared_path
 
@@ -38,11 +39,12 @@ def corpus(tmp_path_factory):
 
 
 def read_wds(out: str) -> dict[str, dict]:
+    """doc_id -> the document's JSON, plus ``_images``: its stored bytes aligned with ``nodes``."""
     tars = sorted(os.path.join(out, "wds", f) for f in os.listdir(os.path.join(out, "wds")))
     docs = {}
     for sample in wds.WebDataset(tars, shardshuffle=False):
         obj = json.loads(sample["json"])
-        obj["_members"] = {k: v for k, v in sample.items() if not k.startswith("__") and k != "json"}
+        obj["_images"] = msgpack.unpackb(sample["images.mp"])
         docs[obj["doc_id"]] = obj
     return docs
 
@@ -73,16 +75,19 @@ def test_every_document_reads_back_and_validates(corpus):
     wds_docs, pq_docs = read_wds(corpus), read_parquet(corpus)
     assert wds_docs and set(wds_docs) == set(pq_docs)
     for doc_id, obj in wds_docs.items():
-        members = obj.pop("_members")
+        stored = obj.pop("_images")
         assert validate(obj) == [], doc_id
         doc = from_json(obj)
         pq_doc = pq_docs[doc_id]
-        assert [type(n) for n in doc.nodes] == [type(n) for n in pq_doc.nodes]
-        for pos, node in enumerate(pq_doc.nodes):
-            if isinstance(node, ImageNode):
-                member = [v for k, v in members.items() if k.startswith(f"{pos:04d}.")]
-                assert member == [node.data], f"{doc_id} image {pos}: tar member and Parquet bytes differ"
-                assert hashlib.sha256(node.data).hexdigest() == node.sha256
+        # Parquet holds OBELICS's positions: the paragraphs between two images merged into one text.
+        assert [type(n) for n in merged_positions(doc.nodes)] == [type(n) for n in pq_doc.nodes]
+        assert [n.text for n in merged_positions(doc.nodes) if isinstance(n, TextNode)] == \
+            [n.text for n in pq_doc.nodes if isinstance(n, TextNode)]
+        wds_images = [b for n, b in zip(doc.nodes, stored) if isinstance(n, ImageNode)]
+        pq_images = [n for n in pq_doc.nodes if isinstance(n, ImageNode)]
+        assert wds_images == [n.data for n in pq_images], f"{doc_id}: tar and Parquet image bytes differ"
+        for node in pq_images:
+            assert hashlib.sha256(node.data).hexdigest() == node.sha256
     assert verify(corpus) == []
 
 
@@ -103,7 +108,7 @@ def test_mona_lisa_text_in_reading_order_with_images_in_place(corpus):
     attached = [(i, n) for i, n in enumerate(doc["nodes"]) if n["type"] == "image"]
     assert len(attached) >= 5
     for i, node in attached:
-        data = doc["_members"][f"{i:04d}.{ {'jpeg': 'jpg'}.get(node['format'], node['format']) }"]
+        data = doc["_images"][i]
         assert Image.open(io.BytesIO(data)).size == (node["width"], node["height"])
 
 
@@ -206,18 +211,17 @@ def test_keep_originals_writes_the_crawled_bytes_beside_the_stored_image(tmp_pat
         doc = from_json(json.loads(s["json"]))
         for pos, node in enumerate(doc.nodes):
             if isinstance(node, ImageNode):
-                original = next(v for k, v in s.items() if k.startswith(f"original.{pos:04d}."))
+                original = msgpack.unpackb(s["originals.mp"])[pos]
                 assert hashlib.sha256(original).hexdigest() == node.original_sha256
                 assert Image.open(io.BytesIO(original)).format.lower() == node.original_format
-                stored[(doc.doc_id, pos)] = hashlib.sha256(next(v for k, v in s.items() if k.startswith(f"{pos:04d}."))).hexdigest()
+                stored[(doc.doc_id, pos)] = hashlib.sha256(msgpack.unpackb(s["images.mp"])[pos]).hexdigest()
                 assert stored[(doc.doc_id, pos)] == node.sha256 != node.original_sha256  # resized to 64 px
                 checked += 1
     assert checked >= 3
-    for path in tars:  # the trainer's loader takes the stored image at each position
+    for path in tars:  # the trainer's loader takes the stored images, in order
         for d in read_wds_documents(path):
-            for pos, img in enumerate(d["images"]):
-                if img is not None:
-                    assert hashlib.sha256(img).hexdigest() == stored[(d["key"], pos)]
+            got = [hashlib.sha256(img).hexdigest() for img in d["images"] if img is not None]
+            assert got == [h for (doc_id, _), h in sorted(stored.items()) if doc_id == d["key"]]
     rows = [r for f in sorted(os.listdir(os.path.join(out, "parquet"))) for r in pq.read_table(os.path.join(out, "parquet", f)).to_pylist()]
     for r in rows:
         for node in from_row(r).nodes:

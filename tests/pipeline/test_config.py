@@ -62,7 +62,7 @@ def one_line_error(tmp_path, text: str | bytes) -> str:
     "text, fragments",
     [
         ("output:\n  shard_size: 0\n", ["output.shard_size", "integer >= 1", "got 0"]),  # ZeroDivisionError
-        ("output:\n  formats: [csv]\n", ["output.formats[0]", "'csv'", "wds, parquet"]),  # KeyError
+        ("output:\n  formats: [csv]\n", ["output.formats[0]", "'csv'", "wds, mmc4, parquet"]),  # KeyError
         ("output:\n  formats: []\n", ["output.formats", "at least one"]),
         ("dedup:\n  minhash_bands: 0\n", ["dedup.minhash_bands", "from 1 to 1024"]),
         ("dedup:\n  minhash_rows: 0\n", ["dedup.minhash_rows", "from 1 to 1024"]),
