@@ -100,12 +100,17 @@ def list_shards(spec: str | os.PathLike | Iterable[str]) -> list[str]:
 
     Only data files are taken from a directory: ``*.tar``, ``*.tar.gz``, ``*.tgz``, ``*.parquet``
     (MMC4's ``.jsonl`` only when named or globbed: a corpus folder's rejects are JSON lines too).
+    An m3w corpus folder (it has ``manifest.json``) holds the same documents once per format: only
+    its first format of wds, mmc4, parquet is read, so no document is trained on twice.
     """
     if isinstance(spec, (str, os.PathLike)):
         spec = [os.fspath(spec)]
     out: set[str] = set()
     for s in spec:
-        if os.path.isdir(s):
+        if os.path.isdir(s) and os.path.exists(os.path.join(s, "manifest.json")):
+            fmt = next((f for f in ("wds", "mmc4", "parquet") if os.path.isdir(os.path.join(s, f))), None)
+            out.update(list_shards(os.path.join(s, fmt)) if fmt else [])
+        elif os.path.isdir(s):
             for pat in ("*.tar", "*.tar.gz", "*.tgz", "*.parquet"):
                 out.update(glob.glob(os.path.join(s, "**", pat), recursive=True))
         elif any(c in s for c in "*?["):

@@ -197,3 +197,13 @@ def test_shards_written_by_the_pipeline_load_into_batches(tmp_path, tok):
     for f in ("p.tar", "p.parquet"):
         batch = next(iter(Loader([str(tmp_path / f)], "interleaved", tok, 2, cfg)))
         assert batch["num_images"].min() >= 1 and batch["images"].any()
+
+
+def test_a_corpus_folder_is_read_in_one_format(tmp_path):
+    """build-m3w writes each document once per format; training on the folder takes one of them."""
+    for rel in ("manifest.json", "wds/shard-00000-of-00001.tar", "mmc4/shard-00000-of-00001.tar", "parquet/shard-00000-of-00001.parquet"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert list_shards(tmp_path) == [str(tmp_path / "wds" / "shard-00000-of-00001.tar")]
+    (tmp_path / "manifest.json").unlink()  # a plain folder of shards: every data file in it
+    assert len(list_shards(tmp_path)) == 3
