@@ -216,15 +216,29 @@ class EncodingError(ValueError):
     """A Content-Encoding could not be undone."""
 
 
+MAX_GZIP_MEMBERS = 1000  # a concatenation of gzip members is one body (RFC 1952); more is hostile
+
+
 def _bounded_zlib(data: bytes, wbits: int, limit: int | None) -> bytes:
-    d = zlib.decompressobj(wbits)
-    cap = (limit + 1) if limit is not None else 0
-    out = d.decompress(data, cap) if cap else d.decompress(data)
-    if cap and len(out) > limit:
-        raise OverflowError(len(out))
-    if not d.eof:
-        raise EncodingError("compressed body is cut short")
-    return out
+    """Inflate ``data`` within ``limit`` output bytes. For gzip (``wbits`` 31) every member of a
+    concatenation is inflated, as gunzip does; bytes after the last member that start no member
+    are ignored, as browsers do."""
+    out = bytearray()
+    members = 0
+    while True:
+        d = zlib.decompressobj(wbits)
+        room = (limit + 1 - len(out)) if limit is not None else 0
+        out += d.decompress(data, room) if limit is not None else d.decompress(data)
+        if limit is not None and len(out) > limit:
+            raise OverflowError(len(out))
+        if not d.eof:
+            raise EncodingError("compressed body is cut short")
+        members += 1
+        data = d.unused_data
+        if wbits != 31 or not data.startswith(b"\x1f\x8b"):
+            return bytes(out)
+        if members >= MAX_GZIP_MEMBERS:
+            raise EncodingError(f"more than {MAX_GZIP_MEMBERS} gzip members")
 
 
 def decode_content(body: bytes, encoding: str, limit: int | None) -> bytes:

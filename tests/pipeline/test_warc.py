@@ -14,6 +14,7 @@ from pipeline.records import ImageRecord, Page, Reject
 from pipeline.warc import (
     InputError,
     decode_chunked,
+    EncodingError,
     decode_content,
     decode_html,
     iter_warc,
@@ -286,6 +287,20 @@ def test_chunked_and_content_encoding():
         decode_content(bomb, "gzip", 1_000_000)
     assert decode_content(gzip.compress(b"<p>x</p>"), "gzip", 100) == b"<p>x</p>"
     assert decode_content(b"<p>already decoded</p>", "gzip", 100) == b"<p>already decoded</p>"
+
+
+def test_every_gzip_member_of_a_body_is_decoded_within_the_limit():
+    members = [gzip.compress(f"<p>part {i}</p>".encode()) for i in range(3)]
+    assert decode_content(b"".join(members), "gzip", 100) == b"<p>part 0</p><p>part 1</p><p>part 2</p>"
+    assert decode_content(b"".join(members) + b"\0\0 trailing", "gzip", 100).endswith(b"<p>part 2</p>")
+    # The limit holds over all members together, and a member cut short is an error, not a short page.
+    many = gzip.compress(b"\0" * 600_000) * 2
+    with pytest.raises(OverflowError):
+        decode_content(many, "gzip", 1_000_000)
+    with pytest.raises(EncodingError):
+        decode_content(members[0] + members[1][:-6], "gzip", 100)
+    with pytest.raises(EncodingError):
+        decode_content(gzip.compress(b"") * 1001, "gzip", 100)
 
 
 def test_http_headers_and_sniffing():
