@@ -298,7 +298,8 @@ def iter_documents(path: str, url: str | None, cfg: Config) -> Iterator[Document
                 yield doc
         return
 
-    from pipeline.extract import ExtractionError, extract_document
+    from pipeline.extract import ExtractionError
+    from pipeline.extract_guard import GuardedExtractor
     from pipeline.records import Page
 
     if base.endswith((".html", ".htm")):
@@ -311,9 +312,11 @@ def iter_documents(path: str, url: str | None, cfg: Config) -> Iterator[Document
         pages = (
             r for r in iter_warc(path, cfg.limits) if isinstance(r, Page) and (url is None or _same_url(r.url, url))
         )
+    # Same hard time limit as the build (a page that stalls the parser costs parse_timeout_s).
+    extractor = GuardedExtractor(cfg.extract, cfg.limits, fork=True)
     for page in pages:
         try:
-            yield extract_document(page, cfg.extract, cfg.limits)
+            yield extractor.extract(page)
         except ExtractionError as e:
             if url is not None:
                 raise ExplainError(f"{page.url}: extraction dropped the page ({e}); nothing to filter")

@@ -199,6 +199,19 @@ def test_build_m3w_extract_skips_the_stalling_page_at_the_limit(tmp_path):
     assert time.monotonic() - start < 60  # start-up included; without the watchdog lexbor alone needs longer
 
 
+def test_build_m3w_explain_gives_up_on_the_stalling_page_at_the_limit(tmp_path):
+    (tmp_path / "slow.html").write_text(stalling_page())
+    (tmp_path / "m3w.yaml").write_text(f"limits:\n  parse_timeout_s: {TIMEOUT_S}\n")
+    start = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "explain", "--config", str(tmp_path / "m3w.yaml"),
+         "--input", str(tmp_path / "slow.html"), "--url", "file://" + str(tmp_path / "slow.html")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert res.returncode == 2 and "parse_timeout" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 60  # start-up included; without the watchdog lexbor alone needs longer
+
+
 # -- the markup class, generated: the page ends within the limit as a document or a counted reject ---
 
 FRAGMENTS = [
