@@ -110,7 +110,7 @@ def test_train_flamingo_trains_on_all_formats_at_once(corpus, tmp_path):
             if isinstance(n, ImageNode) and n.data is not None:
                 cache_image(cache, n.url, n.data)
     out = tmp_path / "run"
-    args = ["--shards", *shards, "--image-cache", cache, "--config", "tiny", "--steps", "2", "--batch-size", "2",
+    args = ["--shards", *shards, "--image-cache", cache, "--config", "tiny", "--steps", "2", "--batch-size", "8",
             "--max-tokens", "64", "--vocab-size", "300", "--shuffle-buffer", "4", "--workers", "1",
             "--no-progress", "--out", str(out)]
     assert main(args) == 0

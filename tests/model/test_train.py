@@ -70,7 +70,10 @@ def test_sharded_step_equals_single_device_step(setup):
         st1, m1 = s1.step(st1, (s1.put(batch),))
         st8, m8 = s8.step(st8, (s8.put(batch),))
         assert abs(float(m1["loss"]) - float(m8["loss"])) < 1e-5
-    assert _max_diff(jax.device_get(st1["params"]), jax.device_get(st8["params"])) < 1e-5
+    # Adam divides each gradient entry by its own scale, so an entry whose gradient is at rounding
+    # level (a unit no token activates) may move by a fraction of lr in one layout and not the other;
+    # a layout bug moves whole tensors by lr or more.
+    assert _max_diff(jax.device_get(st1["params"]), jax.device_get(st8["params"])) < 0.1 * HYPER["lr"]
     assert int(st8["step"]) == 2
     # Params really are split over the model axis (Megatron): the LM's MLP input kernel.
     fc1 = st8["params"]["lm"]["layers_0"]["mlp"]["fc1"]["kernel"]

@@ -15,6 +15,7 @@ from warcio.warcwriter import WARCWriter
 
 from pipeline.cli import main as build_m3w
 from pipeline.fetch import ARCHIVE_DIR, ARCHIVE_NAME
+from schemas.samples import unpack_images
 from tests.conftest import REPO
 from tests.pipeline.test_fetch import IMAGE, Server
 
@@ -66,7 +67,7 @@ def test_build_fetches_missing_images_politely_and_archives_them(tmp_path):
     (sample,) = samples
     doc = json.loads(sample["json"])
     # stored as served: an upright RGB JPEG within the size limit is not re-encoded
-    assert [v for k, v in sample.items() if not k.startswith("__") and k != "json"] == [IMAGE]
+    assert [b for b in unpack_images(sample, len(doc["nodes"])) if b is not None] == [IMAGE]
     images = [n for n in doc["nodes"] if n["type"] == "image"]
     assert [(n["url"], n["source"]) for n in images] == [(server.base + "/img/harbour.jpg", "fetch")]
     assert server.hits["/private/boats.jpg"] == 0  # robots.txt said no: never requested

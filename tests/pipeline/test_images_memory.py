@@ -28,6 +28,7 @@ from pipeline.config import ImageConfig, LimitsConfig
 from pipeline.images import REJECT_REASONS, ImageRejected, process_image
 from tests.conftest import REPO
 from tests.pipeline import hostile_images as H
+from schemas.samples import unpack_images
 
 URL = "http://example.com/photos/a.png"
 MiB = 1 << 20
@@ -236,5 +237,5 @@ def test_build_over_a_crawl_of_hostile_pngs_stays_under_1gb_and_counts_every_rej
     assert all(r["stage"] == "image" and r["warc_filename"].endswith("hostile.warc.gz") and r["warc_record_offset"] > 0
                for r in too_large), too_large[0]
     samples = list(wds.WebDataset(sorted(glob.glob(os.path.join(out, "wds", "*.tar"))), shardshuffle=False))
-    stored = [k for s in samples for k in s if k[:4].isdigit()]
+    stored = [b for s in samples for b in unpack_images(s, len(json.loads(s["json"])["nodes"])) if b is not None]
     assert len(stored) == 1  # the one real photo is kept
