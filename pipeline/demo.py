@@ -51,16 +51,20 @@ def _rel(path: str) -> str:
 
 
 def _first_image(wds_dir: str, dest: str) -> str:
-    """Copy the first image member of the first shard to ``dest``: the picture the demo captions."""
-    import tarfile
+    """Copy the first stored image of the first shard to ``dest``: the picture the demo captions."""
+    import json
 
-    for name in sorted(os.listdir(wds_dir)):
-        with tarfile.open(os.path.join(wds_dir, name)) as tar:
-            for member in tar:
-                if not member.name.endswith(".json"):
-                    with open(dest, "wb") as f:
-                        f.write(tar.extractfile(member).read())
-                    return dest
+    import webdataset as wds
+
+    from schemas.samples import unpack_images
+
+    shards = [os.path.join(wds_dir, n) for n in sorted(os.listdir(wds_dir)) if n.endswith(".tar")]
+    for sample in wds.WebDataset(shards, shardshuffle=False):
+        for data in unpack_images(sample, len(json.loads(sample["json"])["nodes"])):
+            if data is not None:
+                with open(dest, "wb") as f:
+                    f.write(data)
+                return dest
     raise SystemExit("the demo corpus holds no image to caption")
 
 
